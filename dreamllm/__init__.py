@@ -1,0 +1,37 @@
+"""DreamLLM for the Hugging Face ecosystem: one LLM that reads and writes images inside free-form documents.
+
+Importing `dreamllm` registers the DreamLLM classes with the transformers Auto classes (model type "dreamllm"), so a
+converted checkpoint loads with `AutoConfig`, `AutoModel`, `AutoModelForCausalLM`, `AutoModelForImageTextToText` and
+`AutoProcessor`.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+
+from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM, DreamLLMModel
+from dreamllm.processing import DreamLLMProcessor
+
+__version__ = "0.1.0"
+
+
+def _register_auto_classes():
+    AutoConfig.register(DreamLLMConfig.model_type, DreamLLMConfig)
+    AutoModel.register(DreamLLMConfig, DreamLLMModel)
+    AutoModelForCausalLM.register(DreamLLMConfig, DreamLLMForCausalLM)
+    AutoModelForImageTextToText.register(DreamLLMConfig, DreamLLMForCausalLM)
+    AutoProcessor.register(DreamLLMConfig, DreamLLMProcessor)
+
+
+_register_auto_classes()
+
+__all__ = [
+    "DreamLLMConfig",
+    "DreamLLMForCausalLM",
+    "DreamLLMModel",
+    "DreamLLMProcessor",
+]
