@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM, DreamLLMModel
+from dreamllm.pipelines import DreamLLMPipeline, DreamLLMPipelineOutput
 from dreamllm.processing import DreamLLMProcessor
 
 __version__ = "0.1.0"
@@ -33,5 +34,7 @@ __all__ = [
     "DreamLLMConfig",
     "DreamLLMForCausalLM",
     "DreamLLMModel",
+    "DreamLLMPipeline",
+    "DreamLLMPipelineOutput",
     "DreamLLMProcessor",
 ]

@@ -1,9 +1,11 @@
 """Tiny DreamLLM components built locally in seconds, for tests (ours and users')."""
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
+from dreamllm.pipelines import DreamLLMPipeline, default_scheduler
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.tokenization_dreamllm import build_tiny_tokenizer
 
@@ -74,3 +76,43 @@ def tiny_model_and_processor(seed: int = 0) -> tuple[DreamLLMForCausalLM, DreamL
         torch.manual_seed(seed)
         model = DreamLLMForCausalLM(config)
     return model.eval(), processor
+
+
+def tiny_unet() -> UNet2DConditionModel:
+    """A UNet for the 4x8x8 latents of the tiny VAE, conditioned on the tiny model's dream conditions."""
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TINY_CONDITION_DIM,
+        attention_head_dim=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
+
+
+def tiny_vae() -> AutoencoderKL:
+    """A VAE with scale factor 4 (32 px images, 8x8 latents)."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=32,
+    )
+
+
+def tiny_pipeline(seed: int = 0) -> DreamLLMPipeline:
+    """A tiny random DreamLLMPipeline (model, processor, UNet, VAE, DDPM scheduler) built in seconds; same seed, same weights."""
+    model, processor = tiny_model_and_processor(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet, vae = tiny_unet().eval(), tiny_vae().eval()
+    return DreamLLMPipeline(model=model, processor=processor, unet=unet, vae=vae, scheduler=default_scheduler())
