@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPImageProcessor
+
+from dreamllm import DreamLLMProcessor
+from dreamllm.processing.tokenization_dreamllm import convert_original_tokenizer
+
+
+@pytest.fixture()
+def processor(tiny):
+    return tiny[1]
+
+
+def gradient_image(mode="RGB", size=(30, 20)):
+    array = np.stack(np.meshgrid(np.linspace(0, 255, size[0]), np.linspace(0, 255, size[1])), -1).sum(-1) / 2
+    rgb = np.stack([array, 255 - array, np.full_like(array, 90)], -1).astype(np.uint8)
+    return Image.fromarray(rgb).convert(mode)
+
+
+def test_image_and_dream_placeholders_expand_to_their_blocks(processor):
+    tokenizer = processor.tokenizer
+    ids = processor(text="look <image> now draw <dream> end", images=[gradient_image()])["input_ids"][0]
+    n, q = processor.num_image_tokens, processor.num_dream_queries
+    start = ids.index(tokenizer.image_start_token_id)
+    assert ids[start + 1 : start + 1 + n] == [tokenizer.image_patch_token_id] * n
+    assert ids[start + 1 + n] == tokenizer.image_end_token_id
+    dream = ids.index(tokenizer.dream_start_token_id)
+    assert ids[dream + 1 : dream + 1 + q] == [tokenizer.image_patch_token_id] * q
+    assert ids[dream + 1 + q] == tokenizer.dream_end_token_id
+    assert tokenizer.image_token_id not in ids and tokenizer.dream_token_id not in ids
+    assert ids.count(tokenizer.image_patch_token_id) == n + q
+
+
+def test_number_of_images_must_match_the_placeholders(processor):
+    with pytest.raises(ValueError, match="Found total 2 <image> tokens and 1 images"):
+        processor(text="<image> and <image>", images=[gradient_image()])
+    with pytest.raises(ValueError, match="Found 1 <image> tokens in the text but no images"):
+        processor(text="just <image>")
+    with pytest.raises(ValueError, match="Found total 0 <image> tokens and 1 images"):
+        processor(text="no placeholder", images=[gradient_image()])
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P"])
+def test_non_rgb_images_are_converted_to_rgb(processor, mode):
+    image = gradient_image(mode)
+    pixel_values = processor(text="<image>", images=[image], return_tensors="pt")["pixel_values"]
+    expected = processor(text="<image>", images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(pixel_values, expected)
+
+
+def test_batches_pad_on_the_left_with_the_pad_token(processor):
+    batch = processor(text=["a", "a much longer line of text"], return_tensors="pt")
+    assert batch["input_ids"].shape[0] == 2
+    padding = batch["attention_mask"][0] == 0
+    assert padding[0] and not padding[-1]
+    assert (batch["input_ids"][0][padding] == processor.tokenizer.pad_token_id).all()
+    assert (batch["input_ids"][:, ~padding][0] == processor(text="a", return_tensors="pt")["input_ids"][0]).all()
+
+
+def test_chat_template_is_vicuna_v1_1(processor):
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+        {"role": "user", "content": "Now draw a dog."},
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions. USER: <image>\nWhat is it? ASSISTANT: A cat.</s>"
+        "USER: Now draw a dog. ASSISTANT:"
+    )
+    custom = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert processor.apply_chat_template(custom, tokenize=False) == "Be brief. USER: Hi "
+    drawn = [{"role": "assistant", "content": [{"type": "text", "text": "Here:"}, {"type": "image"}]}]
+    assert processor.apply_chat_template(drawn, tokenize=False).endswith("ASSISTANT: Here:<dream></s>")
+
+
+def test_chat_template_loads_and_expands_images(processor):
+    messages = [{"role": "user", "content": [{"type": "image", "image": gradient_image()}, {"type": "text", "text": "?"}]}]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert inputs["pixel_values"].shape == (1, 3, 16, 16)
+    ids = inputs["input_ids"][0].tolist()
+    assert ids.count(processor.tokenizer.image_patch_token_id) == processor.num_image_tokens
+    assert ids[0] == processor.tokenizer.bos_token_id
+
+
+def test_decode_document_turns_blocks_into_images(processor):
+    tokenizer = processor.tokenizer
+    text_ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    drawn = processor(text="<dream><image>", images=[gradient_image()])["input_ids"][0][1:]
+    read = processor(text="<image>", images=[gradient_image()])["input_ids"][0][1:]
+    ids = text_ids("Here is a cat:") + drawn + text_ids("and a dog:") + read + [tokenizer.eos_token_id]
+    cat, dog = gradient_image(), gradient_image("L")
+    assert processor.count_document_images(ids) == 2
+    assert processor.decode_document(ids, images=[cat, dog]) == ["Here is a cat:", cat, "and a dog:", dog]
+    with pytest.raises(ValueError, match=r"2 image slot\(s\) but 1 image\(s\)"):
+        processor.decode_document(ids, images=[cat])
+    assert processor.decode_document(text_ids("plain text")) == ["plain text"]
+
+
+def test_processor_on_the_released_tokenizer_reproduces_the_original_ids_and_pixels(official_tiny):
+    processor = DreamLLMProcessor(
+        image_processor=CLIPImageProcessor.from_pretrained(official_tiny / "upstream" / "clip-vit-tiny"),
+        tokenizer=convert_original_tokenizer(official_tiny / "checkpoint"),
+        num_image_tokens=256,
+        num_dream_queries=64,
+    )
+    meta = json.loads((official_tiny / "golden" / "meta.json").read_text())
+    case = meta["tokenizer_cases"][2]
+    image = Image.open(official_tiny / "inputs" / "image_0.png").convert("RGB")
+    ids = processor(text=case["text"], images=[image])["input_ids"][0]
+    tokenizer = processor.tokenizer
+    expected = []
+    for token_id in case["input_ids"]:
+        if token_id == tokenizer.image_token_id:
+            expected += [tokenizer.image_start_token_id] + [tokenizer.image_patch_token_id] * 256 + [tokenizer.image_end_token_id]
+        elif token_id == tokenizer.dream_token_id:
+            expected += [tokenizer.dream_start_token_id] + [tokenizer.image_patch_token_id] * 64 + [tokenizer.dream_end_token_id]
+        else:
+            expected.append(token_id)
+    assert ids == expected
+    golden_pixels = load_file(official_tiny / "golden" / "clip.safetensors")["pixel_values"]
+    images = [Image.open(official_tiny / "inputs" / f"image_{i}.png").convert("RGB") for i in range(2)]
+    pixel_values = torch.cat([processor.image_processor(image, return_tensors="pt")["pixel_values"] for image in images])
+    assert (pixel_values - golden_pixels).abs().max().item() <= 1e-6
