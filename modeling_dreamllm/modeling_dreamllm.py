@@ -146,8 +146,9 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             `torch.FloatTensor` of shape `(num_images, num_image_tokens, hidden_size)`.
         """
         vision_dtype = self.vision_projector.weight.dtype
-        vision_outputs = self.vision_tower(pixel_values.to(vision_dtype), output_hidden_states=True)
-        patch_features = vision_outputs.hidden_states[self.config.vision_feature_layer][:, 1:]
+        feature_layer = self.config.vision_feature_layer
+        vision_outputs = self.vision_tower(pixel_values.to(vision_dtype), output_hidden_states=feature_layer)
+        patch_features = vision_outputs.hidden_states[feature_layer][:, 1:]
         return self.vision_projector(patch_features)
 
     def project_dream_states(self, hidden_states: torch.FloatTensor) -> torch.FloatTensor:
