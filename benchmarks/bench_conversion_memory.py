@@ -1,0 +1,159 @@
+"""Peak memory of `dreamllm convert` against the size of its largest input file.
+
+Writes an original-layout DreamLLM checkpoint of about 1 GB (a random mid-size Llama in bf16, the official-tiny
+fixture's plugins and tokenizer), converts it in a fresh subprocess per case and reads that process's peak resident
+memory (`VmHWM` of /proc/self/status; `ru_maxrss` would carry over the parent's peak across fork and exec): once
+after the imports (the baseline) and once after the conversion.
+
+    python benchmarks/bench_conversion_memory.py [--work-dir DIR] [--hidden 2048] [--layers 8]
+
+Cases: the main weights as one `model.safetensors`, as one `pytorch_model.bin`, as two safetensors shards, and the
+single file converted with a cast to float32 (which holds up to `max_shard_size` of converted tensors), with the default
+5GB and with 512MB shards.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+FIXTURE = Path(
+    os.environ.get(
+        "DREAMLLM_OFFICIAL_TINY", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-tiny"
+    )
+)
+VOCAB_SIZE = 32008
+
+MEASURE = """
+import json, re, sys, time
+from dreamllm.conversion import convert_original_checkpoint
+def peak_kib():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1])
+baseline = peak_kib()
+started = time.perf_counter()
+convert_original_checkpoint(sys.argv[1], sys.argv[2], dtype=sys.argv[3], max_shard_size=sys.argv[4])
+seconds = time.perf_counter() - started
+print(json.dumps({"baseline_kib": baseline, "peak_kib": peak_kib(), "seconds": seconds}))
+"""
+
+
+def llama_state_dict(hidden: int, layers: int) -> dict[str, torch.Tensor]:
+    """Random bf16 Llama weights with the original's key names (including the rotary `inv_freq` buffers)."""
+    intermediate = hidden * 11 // 4
+    generator = torch.Generator().manual_seed(0)
+    shapes = {
+        "model.embed_tokens.weight": (VOCAB_SIZE, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (VOCAB_SIZE, hidden),
+    }
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}."
+        shapes |= {prefix + f"self_attn.{name}_proj.weight": (hidden, hidden) for name in "qkvo"}
+        shapes |= {
+            prefix + "mlp.gate_proj.weight": (intermediate, hidden),
+            prefix + "mlp.up_proj.weight": (intermediate, hidden),
+        }
+        shapes |= {
+            prefix + "mlp.down_proj.weight": (hidden, intermediate),
+            prefix + "self_attn.rotary_emb.inv_freq": (64,),
+        }
+        shapes |= {prefix + "input_layernorm.weight": (hidden,), prefix + "post_attention_layernorm.weight": (hidden,)}
+    return {key: torch.randn(shape, generator=generator, dtype=torch.bfloat16) * 0.02 for key, shape in shapes.items()}
+
+
+def write_checkpoint(folder: Path, hidden: int, layers: int, main_weights: str):
+    """An original-layout checkpoint: the fixture's config, tokenizer and plugins resized to `hidden`, a big LLM."""
+    source = FIXTURE / "checkpoint"
+    folder.mkdir(parents=True)
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+        shutil.copy(source / name, folder / name)
+    config = json.loads((source / "config.json").read_text())
+    config |= {"hidden_size": hidden, "intermediate_size": hidden * 11 // 4, "num_hidden_layers": layers,
+               "num_attention_heads": hidden // 128, "num_key_value_heads": hidden // 128, "vocab_size": VOCAB_SIZE,
+               "torch_dtype": "bfloat16"}  # fmt: skip
+    plugins = config["plugins_init_kwargs"]
+    for settings in plugins.values():
+        settings["embed_hidden_size"] = hidden
+    plugins["clip_vision_embedding"]["clip_vision_model_name_or_path"] = str(FIXTURE / "upstream" / "clip-vit-tiny")
+    plugins["stable_diffusion_head"]["diffusion_name_or_path"] = str(FIXTURE / "upstream" / "sd-tiny")
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    bf16 = lambda state: {key: value.to(torch.bfloat16) for key, value in state.items()}  # noqa: E731
+    clip = bf16(torch.load(source / "clip_vision_embedding.bin", weights_only=True))
+    clip |= {"projector.projector.weight": torch.zeros(hidden, 32, dtype=torch.bfloat16),
+             "projector.projector.bias": torch.zeros(hidden, dtype=torch.bfloat16)}  # fmt: skip
+    torch.save(clip, folder / "clip_vision_embedding.bin")
+    torch.save({"dream_queries": torch.zeros(1, 64, hidden, dtype=torch.bfloat16)}, folder / "dream_embedding.bin")
+    head = bf16(torch.load(source / "stable_diffusion_head.bin", weights_only=True))
+    head["projector.projector.weight"] = torch.zeros(32, hidden, dtype=torch.bfloat16)
+    torch.save(head, folder / "stable_diffusion_head.bin")
+    write_main_weights(folder, llama_state_dict(hidden, layers), main_weights)
+
+
+def write_main_weights(folder: Path, state: dict[str, torch.Tensor], layout: str):
+    if layout == "pytorch_model.bin":
+        torch.save(state, folder / layout)
+        return
+    if layout == "model.safetensors":
+        save_file(state, folder / layout, metadata={"format": "pt"})
+        return
+    keys = list(state)
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
+    for name, shard_keys in shards.items():
+        save_file({key: state[key] for key in shard_keys}, folder / name, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {key: name for name, shard_keys in shards.items() for key in shard_keys}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def measure(checkpoint: Path, output: Path, dtype: str, max_shard_size: str) -> dict:
+    """Converts in a fresh Python process and returns its baseline and peak RSS (KiB) and the conversion time."""
+    command = [sys.executable, "-c", MEASURE, str(checkpoint), str(output), dtype, max_shard_size]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, help="Scratch folder (default: a temporary one, removed at the end).")
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=8)
+    args = parser.parse_args()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamllm-bench-"))
+    cases = [
+        ("model.safetensors", "auto", "5GB"), ("pytorch_model.bin", "auto", "5GB"), ("sharded", "auto", "5GB"),
+        ("model.safetensors", "float32", "5GB"), ("model.safetensors", "float32", "512MB"),
+    ]  # fmt: skip
+    print(
+        f"{'main weights':20s} {'dtype':8s} {'shards':>6s} {'input total':>12s} {'largest file':>13s} "
+        f"{'baseline':>9s} {'peak':>9s} {'peak-base':>10s} {'time':>7s}"
+    )
+    try:
+        for layout, dtype, max_shard_size in cases:
+            checkpoint, output = work / f"original-{layout}", work / f"converted-{layout}-{dtype}"
+            if not checkpoint.exists():
+                write_checkpoint(checkpoint, args.hidden, args.layers, layout)
+            sizes = [path.stat().st_size for path in checkpoint.iterdir()]
+            result = measure(checkpoint, output, dtype, max_shard_size)
+            shutil.rmtree(output)
+            mib = lambda kib: f"{kib / 1024:7.0f}M"  # noqa: E731
+            print(
+                f"{layout:20s} {dtype:8s} {max_shard_size:>6s} {sum(sizes) / 2**20:11.0f}M {max(sizes) / 2**20:12.0f}M "
+                f"{mib(result['baseline_kib']):>9s} {mib(result['peak_kib']):>9s} "
+                f"{mib(result['peak_kib'] - result['baseline_kib']):>10s} {result['seconds']:6.1f}s"
+            )
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
