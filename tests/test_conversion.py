@@ -444,8 +444,11 @@ def test_released_config_resolves_to_the_7b_model_with_the_shipped_configs(tmp_p
 def test_every_shipped_config_is_package_data():
     patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     package = REPO_ROOT / "conversion"
-    shipped = {path for pattern in patterns["dreamllm.conversion"] for path in package.glob(pattern)}
-    assert shipped == {path for path in SHIPPED_CONFIGS.rglob("*") if path.is_file()}
+    shipped = {
+        path.relative_to(package) for pattern in patterns["dreamllm.conversion"] for path in package.glob(pattern)
+    }
+    files = {path.relative_to(package) for path in (package / SHIPPED_CONFIGS.name).rglob("*") if path.is_file()}
+    assert shipped == files and len(files) == 5
 
 
 def test_relative_upstream_paths_resolve_against_the_current_directory_first(official_tiny, tmp_path, monkeypatch):
