@@ -15,6 +15,7 @@ from transformers import (
 
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM, DreamLLMModel
 from dreamllm.pipelines import DreamLLMPipeline, DreamLLMPipelineOutput
+import dreamllm.pipelines.interleaved_generation  # noqa: F401  (registers the transformers task "interleaved-generation")
 from dreamllm.processing import DreamLLMProcessor
 
 __version__ = "0.1.0"

@@ -1,8 +1,11 @@
 """DreamLLMPipeline: free-form interleaved documents, text-to-image and image comprehension with one DreamLLM."""
 
+import inspect
 import json
 import os
 import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,17 +13,28 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from huggingface_hub import snapshot_download
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import HfApi, snapshot_download
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import load_image
 
 import diffusers
 from dreamllm.file_utils import atomic_directory
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
 from dreamllm.processing import DreamLLMProcessor
 
+from .hub import pipeline_model_card
+from .interleaved import DocumentBatch, DocumentRow
+
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DEFAULT_MAX_NEW_TOKENS = 256
 
 
 def default_scheduler() -> DDPMScheduler:
@@ -68,9 +82,23 @@ class DreamLLMPipeline(DiffusionPipeline):
         vae ([`AutoencoderKL`]): Decodes latents to images.
         scheduler ([`SchedulerMixin`]): Any diffusers scheduler; DreamLLM's own is [`default_scheduler`].
 
+    Calling the pipeline writes free-form documents of text and images ([`~DreamLLMPipeline.__call__`]);
+    [`~DreamLLMPipeline.text_to_image`] draws one image per prompt as the original DreamLLM does.
+
     The saved layout serves every entry point without duplicated weights: the model and processor files sit at the
     top of the folder (so `AutoModelForCausalLM`, `AutoProcessor` and `transformers.pipeline` load it), and `unet/`,
     `vae/`, `scheduler/` and `model_index.json` sit beside them.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dreamllm import DreamLLMPipeline
+    >>> pipe = DreamLLMPipeline.from_pretrained("path/to/converted-dreamllm")
+    >>> output = pipe("Write a short illustrated story about a fox.", generator=torch.Generator().manual_seed(0))
+    >>> output.documents[0]  # ["Once upon a time ...", <PIL.Image.Image>, "The fox ...", ...]
+    >>> cat = pipe.text_to_image("A photo of a cat", generator=torch.Generator().manual_seed(0)).images[0]
+    ```
     """
 
     model_cpu_offload_seq = "model->unet->vae"
@@ -88,6 +116,706 @@ class DreamLLMPipeline(DiffusionPipeline):
         check_components(model=model, processor=processor, unet=unet, vae=vae, scheduler=scheduler)
         self.register_modules(model=model, processor=processor, unet=unet, vae=vae, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def context_length(self) -> int:
+        """How many positions the language model reads (`text_config.max_position_embeddings`)."""
+        return self.model.config.text_config.max_position_embeddings
+
+    @property
+    def default_image_size(self) -> tuple[int, int]:
+        """`(height, width)` of an image when none is asked for: the UNet's sample size times the VAE factor."""
+        sample_size = self.unet.config.sample_size
+        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+        return height * self.vae_scale_factor, width * self.vae_scale_factor
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Checks shared by both entry points
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        num_inference_steps: int,
+        guidance_scale: float,
+        height: int,
+        width: int,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+        batch_size: int,
+    ):
+        """Raises a `ValueError` naming the argument when a diffusion setting cannot be used."""
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        for name, size in (("height", height), ("width", width)):
+            if not isinstance(size, int) or size < 1 or size % self.vae_scale_factor:
+                raise ValueError(
+                    f"{name} must be a positive multiple of the VAE scale factor {self.vae_scale_factor}, got {size!r}"
+                )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        unknown_inputs = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
+        if unknown_inputs:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, "
+                f"got {sorted(unknown_inputs)}"
+            )
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"{len(generator)} generators were given for a batch of {batch_size}; pass one per row")
+
+    def check_prompt_length(self, input_ids_length: int, positions_needed_after: int = 0):
+        """Raises a `ValueError` when a prompt (plus what must follow it) does not fit the model's context."""
+        if input_ids_length + positions_needed_after > self.context_length:
+            needed = f" plus {positions_needed_after} for the image to draw" if positions_needed_after else ""
+            raise ValueError(
+                f"The prompt is {input_ids_length} tokens long (images count as their blocks){needed}, but the "
+                f"model reads at most {self.context_length} positions; shorten the prompt"
+            )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Diffusion: conditions, latents, denoising, decoding
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        The UNet conditions of text-to-image, computed as the original DreamLLM does: the raw prompt (BOS, no chat
+        template) in one pass, then the dream block on its cache. The unconditional condition is the same on the
+        negative prompt, or on the empty prompt (BOS alone) when there is none.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): The prompts; or pass `prompt_embeds`.
+            device (`torch.device`): Where to compute.
+            num_images_per_prompt (`int`): Each condition is repeated this many times, prompt by prompt.
+            do_classifier_free_guidance (`bool`): Whether to compute the unconditional condition too.
+            negative_prompt (`str` or `list[str]`, *optional*): One for all prompts, or one per prompt.
+            prompt_embeds, negative_prompt_embeds (`torch.Tensor` of shape `(batch, num_dream_queries, condition_dim)`,
+                *optional*): Ready-made conditions.
+
+        Returns:
+            `(prompt_embeds, negative_prompt_embeds)`, each `(batch * num_images_per_prompt, num_dream_queries,
+            condition_dim)` in the UNet's dtype; `negative_prompt_embeds` is `None` without guidance.
+        """
+        if prompt_embeds is None:
+            prompt_embeds = self.dream_conditions_of_texts(prompt, device)
+        batch_size = prompt_embeds.shape[0]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, batch_size, device)
+        if do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_embeds.to(device, self.unet.dtype)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
+        else:
+            negative_prompt_embeds = None
+        prompt_embeds = prompt_embeds.to(device, self.unet.dtype).repeat_interleave(num_images_per_prompt, 0)
+        return prompt_embeds, negative_prompt_embeds
+
+    def encode_negative_prompt(
+        self, negative_prompt: str | list[str] | None, batch_size: int, device: torch.device
+    ) -> torch.Tensor:
+        """
+        The unconditional condition of classifier-free guidance for `batch_size` rows: the dream block after the
+        negative prompt (one for all rows, or one per row), or after BOS alone when there is none.
+        """
+        if negative_prompt is None:
+            return self.model.get_unconditional_dream_conditions(batch_size)
+        negative_prompts = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negative_prompts) not in (1, batch_size):
+            raise ValueError(f"Got {len(negative_prompts)} negative prompts for {batch_size} prompts")
+        return self.dream_conditions_of_texts(negative_prompts, device).expand(batch_size, -1, -1)
+
+    def dream_conditions_of_texts(self, texts: str | list[str], device: torch.device) -> torch.Tensor:
+        """Dream conditions after raw prompts (BOS + text), with a clear error when a prompt overflows the context."""
+        inputs = self.processor(text=texts, return_tensors="pt").to(device)
+        self.check_prompt_length(inputs.input_ids.shape[1], self.model.config.num_dream_queries + 2)
+        return self.model.get_dream_conditions(inputs.input_ids, inputs.attention_mask)
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial noise `(batch_size, latent_channels, height / f, width / f)`: one draw of `generator`, or `latents`."""
+        factor = self.vae_scale_factor
+        shape = (batch_size, self.unet.config.in_channels, height // factor, width // factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif latents.shape != shape:
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
+        """The `generator` for schedulers whose `step` draws noise (DDPM does, at every step)."""
+        accepts_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        return {"generator": generator} if accepts_generator else {}
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> torch.Tensor:
+        """
+        The sampling loop: UNet on `[uncond, cond]` (when guidance is on), `uncond + g * (cond - uncond)`, scheduler
+        step. `callback_on_step_end` runs after every step and may replace the tensors it is given; once it sets
+        `pipe._interrupt`, the remaining steps are skipped.
+        """
+        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                conditions = prompt_embeds
+                if self.do_classifier_free_guidance:
+                    conditions = torch.cat([negative_prompt_embeds, prompt_embeds])
+                noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=conditions, return_dict=False)[0]
+                if self.do_classifier_free_guidance:
+                    noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
+                    noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_cond - noise_pred_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for name in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[name] = locals()[name]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                progress_bar.update()
+        return latents
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE-decodes latents (divided by the VAE's scaling factor) to images in [-1, 1], `(batch, 3, H, W)`."""
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(latents, return_dict=False)[0]
+
+    def postprocess_images(self, latents: torch.Tensor, output_type: str):
+        """
+        Latents to the images of `output_type`: PIL images, `np.ndarray` (NHWC in [0, 1]), `torch.Tensor` (NCHW in
+        [0, 1]), or the latents themselves.
+        """
+        if output_type == "latent":
+            return latents
+        return self.vae_image_processor.postprocess(self.decode_latents(latents), output_type=output_type)
+
+    def resolve_callback_inputs(self, callback_on_step_end, callback_on_step_end_tensor_inputs: list[str]) -> list[str]:
+        """The tensor names a callback receives: its own `tensor_inputs` for diffusers' callback classes."""
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            return callback_on_step_end.tensor_inputs
+        return callback_on_step_end_tensor_inputs
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Text-to-image
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def text_to_image(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ) -> DreamLLMPipelineOutput | tuple:
+        r"""
+        Draws images for text prompts as the original DreamLLM does: the raw prompt (BOS, no chat template) goes
+        through the language model, the dream queries run on its cache, and their projected states condition the
+        UNet; classifier-free guidance uses the same computation on the negative prompt or on the empty prompt.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): What to draw; or pass `prompt_embeds`.
+            negative_prompt (`str` or `list[str]`, *optional*): What to steer away from (one, or one per prompt).
+            num_inference_steps (`int`, defaults to 50): Denoising steps (the official demo used 150).
+            guidance_scale (`float`, defaults to 7.5): Classifier-free guidance; off at 1 or below (the official demo
+                used 3.5, the COCO evaluation 2.0).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): Source of all noise: one generator,
+                or one per image (then image i equals a single-image call with generator i).
+            latents (`torch.Tensor`, *optional*): Initial noise `(batch * num_images_per_prompt, C, H / f, W / f)`.
+            height, width (`int`, *optional*): Image size, a multiple of the VAE scale factor; defaults to the UNet's
+                sample size times that factor.
+            num_images_per_prompt (`int`, defaults to 1): Images drawn for each prompt.
+            prompt_embeds, negative_prompt_embeds (`torch.Tensor`, *optional*): Ready-made conditions
+                `(batch, num_dream_queries, condition_dim)`, e.g. from [`~DreamLLMPipeline.encode_prompt`].
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict (`bool`, defaults to `True`): Return a [`DreamLLMPipelineOutput`] rather than `(images,)`.
+            callback_on_step_end (`Callable`, *optional*): Called as `callback(pipe, step, timestep, tensors)` after
+                every denoising step; the tensors it returns replace the pipeline's. Set `pipe._interrupt = True` in it
+                to stop early.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): Tensors the callback gets,
+                among `pipe._callback_tensor_inputs`.
+
+        Returns:
+            [`DreamLLMPipelineOutput`] with `images` (`batch * num_images_per_prompt` of them, prompt by prompt).
+
+        Raises:
+            `ValueError`: on a bad setting (steps < 1, guidance < 0, size not a multiple of the VAE factor, a prompt
+            longer than the context, ...).
+        """
+        callback_on_step_end_tensor_inputs = self.resolve_callback_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("Pass exactly one of prompt or prompt_embeds")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
+        default_height, default_width = self.default_image_size
+        height, width = height or default_height, width or default_width
+        batch_size = prompt_embeds.shape[0] if prompt is None else 1 if isinstance(prompt, str) else len(prompt)
+        self.check_inputs(
+            num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
+            generator, batch_size * num_images_per_prompt,
+        )
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, num_images_per_prompt, self.do_classifier_free_guidance, negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+        )
+        latents = self.prepare_latents(
+            prompt_embeds.shape[0], height, width, prompt_embeds.dtype, device, generator, latents
+        )
+        latents = self.denoise(
+            latents, prompt_embeds, negative_prompt_embeds, num_inference_steps, generator,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )
+        images = self.postprocess_images(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return DreamLLMPipelineOutput(images=images)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Interleaved generation
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | list[dict] | list[list[dict]],
+        images=None,
+        negative_prompt: str | None = None,
+        use_chat_template: bool = True,
+        max_images: int = 4,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        **generate_kwargs,
+    ) -> DreamLLMPipelineOutput | tuple:
+        r"""
+        Writes a free-form document of text and images for each prompt.
+
+        The language model decodes on one key/value cache. When a row emits `<dream_start>`, its dream queries and
+        `<dream_end>` run on the cache, the image is drawn with classifier-free guidance (the unconditional condition
+        is computed once per call), read back through the vision tower as `<im_start>` + features + `<im_end>` in one
+        cached pass, and decoding goes on: the prefix is never encoded again. Rows of a batch may draw at different
+        steps. Tokens the pipeline inserts itself (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_end>`, `<image>`,
+        `<dream>`, padding) are never sampled.
+
+        Args:
+            prompt (`str`, `list[str]`, a conversation or a list of conversations):
+                A string becomes one user turn of the chat template (with `use_chat_template`); a conversation is a
+                list of `{"role", "content"}` messages whose content items may be `{"type": "image", "image": ...}`.
+            images (*optional*):
+                Images to read, for string prompts: for one prompt an image or a list of images, for a batch a list
+                with one entry (an image, a list, or `None`) per prompt. They fill the prompt's `<image>`
+                placeholders, or are shown before its text when it has none.
+            negative_prompt (`str`, *optional*):
+                Unconditional text of classifier-free guidance for every image (default: the empty prompt, BOS alone).
+            use_chat_template (`bool`, defaults to `True`):
+                Wrap string prompts in the processor's chat template (Vicuna v1.1); otherwise they are used as is.
+            max_images (`int`, defaults to 4):
+                The most images one document may hold: once a row has drawn them, `<dream_start>` is masked out of its
+                logits and it writes text only. Rows whose context cannot hold another image are masked the same way.
+            num_inference_steps, guidance_scale, height, width:
+                As for [`~DreamLLMPipeline.text_to_image`], for every drawn image.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                The source of all randomness (sampled tokens and image noise): one generator for the batch, or one per
+                prompt, in which case each row writes the document it writes alone with its generator (up to float
+                rounding: padding changes the order of some sums).
+            generation_config, logits_processor, stopping_criteria, **generate_kwargs:
+                Decoding settings as for `model.generate` (`max_new_tokens`, `do_sample`, `temperature`, `top_k`,
+                `top_p`, `repetition_penalty`, `eos_token_id`, `stop_strings`, ...). `max_new_tokens` (default 256)
+                counts sampled tokens per row; inserted blocks do not count. The processors see every row's ids so
+                far (prompt, text and blocks, left-padded) and run after the pipeline's own mask, which they should
+                not undo. Beam search is not supported.
+            output_type (`str`, defaults to `"pil"`):
+                Type of the images in the documents: `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict (`bool`, defaults to `True`):
+                Return a [`DreamLLMPipelineOutput`] rather than `(documents, text, images)`.
+            callback_on_step_end, callback_on_step_end_tensor_inputs:
+                As for [`~DreamLLMPipeline.text_to_image`], at every denoising step of every image. Interrupting ends
+                the images being drawn and every document.
+
+        Returns:
+            [`DreamLLMPipelineOutput`]: `documents` (text segments and images in reading order), `text` (with
+            `<image>` for each image) and `images`, one entry per prompt.
+
+        Raises:
+            `ValueError`: on a bad setting, a prompt longer than the context, or a wrong number of images.
+        """
+        callback_on_step_end_tensor_inputs = self.resolve_callback_inputs(
+            callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        default_height, default_width = self.default_image_size
+        height, width = height or default_height, width or default_width
+        texts, prompt_images = self.prepare_document_prompts(prompt, images, use_chat_template)
+        self.check_inputs(
+            num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
+            generator, len(texts),
+        )
+        if not isinstance(max_images, int) or max_images < 0:
+            raise ValueError(f"max_images must be a whole number >= 0, got {max_images!r}")
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+
+        inputs = self.encode_document_prompts(texts, prompt_images, device)
+        generation_config, logits_processor, stopping_criteria = self.prepare_decoding(
+            generation_config, logits_processor, stopping_criteria, inputs.input_ids.shape[1], device, generate_kwargs
+        )
+        negative_prompt_embeds = None
+        if self.do_classifier_free_guidance:
+            negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, 1, device).to(self.unet.dtype)
+        batch = DocumentBatch(
+            inputs.input_ids,
+            inputs.attention_mask,
+            inputs.get("pixel_values"),
+            [len(row_images) for row_images in prompt_images],
+            self.model.config.pad_token_id,
+        )
+        diffusion = {
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "num_inference_steps": num_inference_steps,
+            "height": height,
+            "width": width,
+            "output_type": output_type,
+            "callback_on_step_end": callback_on_step_end,
+            "callback_on_step_end_tensor_inputs": callback_on_step_end_tensor_inputs,
+        }
+        self.write_documents(
+            batch, generation_config, logits_processor, stopping_criteria, max_images, generator, diffusion
+        )
+
+        documents = [self.processor.decode_document(row.new_ids, row.images) for row in batch.rows]
+        text = [" ".join(self.processor.image_token if not isinstance(part, str) else part for part in document)
+                for document in documents]
+        images = [row.images for row in batch.rows]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return documents, text, images
+        return DreamLLMPipelineOutput(documents=documents, text=text, images=images)
+
+    def prepare_document_prompts(
+        self, prompt, images, use_chat_template: bool
+    ) -> tuple[list[str], list[list[PIL.Image.Image]]]:
+        """
+        The prompt text of every row (chat template applied) and the images it reads, in order.
+
+        Raises:
+            `ValueError`: when the number of images does not fit the prompt, or the prompt has an unknown form.
+        """
+        if is_conversation(prompt) or isinstance(prompt, str):
+            prompts, images_per_prompt = [prompt], [images]
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) or is_conversation(p)
+                                                                   for p in prompt):
+            prompts = list(prompt)
+            images_per_prompt = [None] * len(prompts) if images is None else list(images)
+            if len(images_per_prompt) != len(prompts):
+                raise ValueError(
+                    f"images must hold one entry per prompt ({len(prompts)}), got {len(images_per_prompt)}"
+                )
+        else:
+            raise ValueError("prompt must be a string, a conversation (a list of messages), or a list of either")
+        texts, row_images = [], []
+        for row_prompt, given in zip(prompts, images_per_prompt):
+            if is_conversation(row_prompt):
+                text, read = self.conversation_prompt(row_prompt, given, use_chat_template)
+            else:
+                text, read = self.string_prompt(row_prompt, as_image_list(given), use_chat_template)
+            texts.append(text)
+            row_images.append(read)
+        return texts, row_images
+
+    def string_prompt(self, prompt: str, images: list, use_chat_template: bool) -> tuple[str, list]:
+        """A string prompt and its images as prompt text: placeholders filled, or images shown before the text."""
+        num_placeholders = prompt.count(self.processor.image_token)
+        if num_placeholders and num_placeholders != len(images):
+            raise ValueError(
+                f"The prompt holds {num_placeholders} {self.processor.image_token} placeholder(s) but "
+                f"{len(images)} image(s) were given"
+            )
+        if not use_chat_template:
+            if len(images) != num_placeholders:
+                raise ValueError(
+                    f"Without the chat template, each of the {len(images)} image(s) needs a "
+                    f"{self.processor.image_token} placeholder in the prompt"
+                )
+            return prompt, images
+        content = [] if num_placeholders else [{"type": "image"}] * len(images)
+        content.append({"type": "text", "text": prompt})
+        return self.chat_text([{"role": "user", "content": content}]), images
+
+    def chat_text(self, conversation: list[dict]) -> str:
+        """A conversation through the processor's chat template, ending with the opened assistant turn."""
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    def conversation_prompt(self, conversation: list[dict], images, use_chat_template: bool) -> tuple[str, list]:
+        """A conversation as prompt text (chat template, assistant turn opened) and the images of its user turns."""
+        if not use_chat_template:
+            raise ValueError("A conversation needs the chat template; use a string prompt with use_chat_template=False")
+        if images is not None:
+            raise ValueError("Put the images of a conversation into its messages ({'type': 'image', 'image': ...})")
+        read = []
+        for message in conversation:
+            if message["role"] != "user" or isinstance(message["content"], str):
+                continue
+            for item in message["content"]:
+                if item.get("type") == "image":
+                    source = item.get("image") or item.get("url") or item.get("path")
+                    if source is None:
+                        raise ValueError("An image item of a user message holds no 'image', 'url' or 'path'")
+                    read.append(load_image(source))
+        return self.chat_text(conversation), read
+
+    def encode_document_prompts(self, texts: list[str], images: list[list], device: torch.device) -> BatchFeature:
+        """Tokenizes the prompts (left-padded) and prepares their images, checking that they fit the context."""
+        flat_images = [image for row_images in images for image in row_images]
+        inputs = self.processor(text=texts, images=flat_images or None, return_tensors="pt").to(device)
+        self.check_prompt_length(int(inputs.attention_mask.sum(1).max()))
+        return inputs
+
+    def prepare_decoding(
+        self,
+        generation_config: GenerationConfig | None,
+        logits_processor: LogitsProcessorList | None,
+        stopping_criteria: StoppingCriteriaList | None,
+        prompt_length: int,
+        device: torch.device,
+        generate_kwargs: dict,
+    ) -> tuple[GenerationConfig, LogitsProcessorList, StoppingCriteriaList]:
+        """
+        The decoding settings, merged as `model.generate` merges them (arguments over `generation_config` over the
+        model's generation config), and the logits processors and stopping criteria they imply. The token budget is
+        `max_new_tokens` (default 256) sampled tokens per row; `max_length` is not used.
+
+        Raises:
+            `ValueError`: for arguments that are not generation settings, beam search or several sequences per prompt.
+        """
+        config, unused = self.model._prepare_generation_config(generation_config, **generate_kwargs)
+        if unused:
+            names = ", ".join(sorted(unused))
+            raise ValueError(f"Unknown arguments: {names} (neither pipeline nor generation settings)")
+        if config.num_beams != 1 or config.num_return_sequences != 1:
+            raise ValueError("Interleaved generation writes one sequence per prompt: num_beams and "
+                             "num_return_sequences must be 1 (pass several prompts instead)")
+        if config.max_new_tokens is None:
+            config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        config.max_length = None
+        self.model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=device)
+        logits_processor = self.model._get_logits_processor(
+            config, input_ids_seq_length=prompt_length, logits_processor=logits_processor or LogitsProcessorList(),
+            device=device,
+        )
+        stopping_criteria = self.model._get_stopping_criteria(
+            config, stopping_criteria or StoppingCriteriaList(), tokenizer=self.processor.tokenizer
+        )
+        return config, logits_processor, stopping_criteria
+
+    def write_documents(
+        self,
+        batch: DocumentBatch,
+        generation_config: GenerationConfig,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        max_images: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        diffusion: dict,
+    ):
+        """
+        The decoding loop. Each pass feeds every row's pending ids on the shared cache; then rows whose pass ended a
+        dream block get their image drawn (and its image block queued), and the other fed rows sample a token.
+        """
+        cache = DynamicCache(config=self.model.config)
+        with self.progress_bar(total=generation_config.max_new_tokens) as progress_bar:
+            while batch.needs_forward:
+                chunk = batch.next_chunk()
+                outputs = self.model(
+                    input_ids=chunk.input_ids,
+                    attention_mask=chunk.attention_mask,
+                    position_ids=chunk.position_ids,
+                    pixel_values=chunk.pixel_values,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                drawing_rows = [index for index in chunk.fed_rows if batch.rows[index].drawing]
+                writing_rows = [index for index in chunk.fed_rows if not batch.rows[index].drawing]
+                if writing_rows:
+                    self.write_next_tokens(
+                        batch, outputs.logits[:, -1], writing_rows, generation_config, logits_processor,
+                        stopping_criteria, max_images, generator,
+                    )
+                if drawing_rows:
+                    self.draw_images(batch, drawing_rows, outputs.dream_conditions, generator, **diffusion)
+                if self.interrupt:
+                    for row in batch.rows:
+                        row.finished = True
+                progress_bar.update(max(row.num_new_tokens for row in batch.rows) - progress_bar.n)
+
+    def write_next_tokens(
+        self,
+        batch: DocumentBatch,
+        logits: torch.Tensor,
+        rows: list[int],
+        generation_config: GenerationConfig,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        max_images: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ):
+        """Samples (or picks) the next token of `rows`, queues a dream block after `<dream_start>`, and ends rows."""
+        sequences = batch.sequences()
+        scores = logits_processor(sequences, self.mask_inserted_tokens(logits.float(), batch, max_images))
+        next_tokens = select_tokens(scores[rows], generation_config.do_sample, generator, rows)
+        for index, token in zip(rows, next_tokens):
+            row = batch.rows[index]
+            row.extend([token])
+            row.num_new_tokens += 1
+            if token == self.model.config.dream_start_token_id:
+                row.extend(self.model.dream_block_ids(1, "cpu")[0, 1:].tolist())
+                row.drawing = True
+        stopped = stopping_criteria(batch.sequences(), scores).tolist()
+        for index in rows:
+            row = batch.rows[index]
+            out_of_room = len(row.ids) >= self.context_length
+            if stopped[index] or out_of_room or row.num_new_tokens >= generation_config.max_new_tokens:
+                row.finished = True
+
+    def mask_inserted_tokens(self, scores: torch.Tensor, batch: DocumentBatch, max_images: int) -> torch.Tensor:
+        """
+        Masks the tokens only the pipeline writes (block tokens, placeholders, padding) for every row, and
+        `<dream_start>` for rows that hold `max_images` images or whose context cannot hold another image.
+        """
+        config = self.model.config
+        inserted = [
+            config.image_token_id, config.image_patch_token_id, config.image_start_token_id, config.image_end_token_id,
+            config.dream_token_id, config.dream_end_token_id, config.pad_token_id,
+        ]
+        scores[:, inserted] = -float("inf")
+        image_room = config.num_dream_queries + config.num_image_tokens + 4
+        cannot_draw = [
+            len(row.images) >= max_images or len(row.ids) + image_room > self.context_length for row in batch.rows
+        ]
+        scores[torch.tensor(cannot_draw, device=scores.device), config.dream_start_token_id] = -float("inf")
+        return scores
+
+    def draw_images(
+        self,
+        batch: DocumentBatch,
+        rows: list[int],
+        conditions: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        num_inference_steps: int,
+        height: int,
+        width: int,
+        output_type: str,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs: list[str],
+    ):
+        """Draws the images of the dream blocks that `rows` just ended, writes them and queues their image blocks."""
+        if isinstance(generator, list):
+            generator = [generator[index] for index in rows]
+        prompt_embeds = conditions.to(self.unet.dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.expand(len(rows), -1, -1)
+        latents = self.prepare_latents(len(rows), height, width, prompt_embeds.dtype, prompt_embeds.device, generator)
+        latents = self.denoise(
+            latents, prompt_embeds, negative_prompt_embeds, num_inference_steps, generator,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )
+        decoded = self.decode_latents(latents)
+        pictures = self.vae_image_processor.postprocess(decoded, output_type="pil")
+        outputs = latents if output_type == "latent" else self.vae_image_processor.postprocess(decoded, output_type)
+        for index, picture, output in zip(rows, pictures, outputs):
+            self.add_drawn_image(batch.rows[index], picture, output)
+
+    def add_drawn_image(self, row: DocumentRow, picture: PIL.Image.Image, output):
+        """Writes a drawn image into a row: the document gets `output`; the model will read `picture` in an image block."""
+        config = self.model.config
+        row.images.append(output)
+        row.extend([config.image_start_token_id, *[config.image_patch_token_id] * config.num_image_tokens,
+                    config.image_end_token_id])
+        row.drawing = False
+        if not row.finished:
+            pixel_values = self.processor.image_processor(images=[picture], return_tensors="pt").pixel_values
+            row.pending_pixel_values.append(pixel_values.to(self._execution_device))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Saving, loading, sharing
+    # ----------------------------------------------------------------------------------------------------------------
 
     def save_pretrained(
         self,
@@ -111,6 +839,34 @@ class DreamLLMPipeline(DiffusionPipeline):
                 getattr(self, name).save_pretrained(staging / name, **shard_kwargs)
             self.scheduler.save_pretrained(staging / "scheduler")
             self.save_config(staging)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+    ):
+        """
+        Uploads the pipeline to the Hub: the [`~DreamLLMPipeline.save_pretrained`] layout plus a model card
+        (`README.md`: library, pipeline tag, tags and a usage snippet). Creates the repo when it does not exist.
+
+        Returns:
+            The `CommitInfo` of the upload.
+        """
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as temporary:
+            folder = Path(temporary) / "pipeline"
+            self.save_pretrained(folder)
+            pipeline_model_card(repo_id).save(folder / "README.md")
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=commit_message or "Upload DreamLLMPipeline",
+                create_pr=create_pr,
+            )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DreamLLMPipeline":
@@ -145,6 +901,43 @@ class DreamLLMPipeline(DiffusionPipeline):
         pipeline = cls(**components)
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipeline
+
+
+def select_tokens(
+    scores: torch.Tensor,
+    do_sample: bool,
+    generator: torch.Generator | list[torch.Generator] | None,
+    rows: list[int],
+) -> list[int]:
+    """
+    The argmax of each row of `scores`, or a draw from its softmax. Draws come from `generator` (global RNG when
+    `None`); with one generator per batch row, row `rows[i]` draws from its own.
+    """
+    if not do_sample:
+        return scores.argmax(-1).tolist()
+    probabilities = scores.softmax(-1)
+    if not isinstance(generator, list):
+        device = generator.device if generator is not None else probabilities.device
+        return torch.multinomial(probabilities.to(device), 1, generator=generator)[:, 0].tolist()
+    return [
+        int(torch.multinomial(row_probabilities.to(generator[index].device), 1, generator=generator[index]))
+        for index, row_probabilities in zip(rows, probabilities)
+    ]
+
+
+def is_conversation(prompt) -> bool:
+    """Whether `prompt` is one conversation: a non-empty list of `{"role", "content"}` messages."""
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(
+        isinstance(message, dict) and "role" in message for message in prompt
+    )
+
+
+def as_image_list(images) -> list:
+    """`None`, one image, or a list of images (PIL, arrays, tensors or paths/URLs) as a list of loaded images."""
+    if images is None:
+        return []
+    images = images if isinstance(images, (list, tuple)) else [images]
+    return [load_image(image) if isinstance(image, str) else image for image in images]
 
 
 def check_components(model, processor, unet, vae, scheduler):

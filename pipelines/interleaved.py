@@ -1,0 +1,147 @@
+"""Bookkeeping of interleaved generation: a batch of documents written on one shared key/value cache.
+
+Every row of the batch keeps the ids of its whole sequence (prompt, sampled tokens, inserted blocks). The ids at the
+end of a row that the language model has not seen yet are its *pending* ids. Each forward pass feeds every row that
+has pending ids in one chunk: the pending ids are right-aligned in the chunk and the slots to their left are *holes*
+(padding with attention mask 0), so rows may feed different numbers of ids in the same pass (one sampled token, a
+dream block, an image block), the last position of the chunk is every fed row's newest token, and the holes never
+take part in attention. Position ids count real tokens only (cumulative sum of the attention mask), so a row of a batch
+sees exactly the positions it would see alone.
+
+Ids are fed only when something needs them: a row's unfinished dream block (its hidden states give the image
+condition), and the pending ids of rows that go on writing. The last sampled token of a finished row and an image
+block drawn at the very end of a row are written to the document but never fed.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+
+@dataclass
+class DocumentRow:
+    """One document being written.
+
+    Args:
+        ids: Prompt ids (no padding) followed by everything written so far (a 1-D tensor on the CPU).
+        prompt_length: How many of `ids` are the prompt.
+        num_fed: How many of `ids` the language model has processed (they are in the cache).
+        pending_pixel_values: Pixel values (`(num_images, channels, height, width)` each) of the image blocks among the
+            pending ids, in order.
+        images: The images drawn so far, in order.
+        num_new_tokens: Tokens sampled so far (inserted blocks do not count).
+        drawing: Whether the row's pending ids end with a dream block whose image has not been drawn.
+        finished: Whether the row writes no more tokens (EOS, stopping criterion, token budget or full context).
+    """
+
+    ids: torch.LongTensor
+    prompt_length: int
+    num_fed: int = 0
+    pending_pixel_values: list[torch.Tensor] = field(default_factory=list)
+    images: list = field(default_factory=list)
+    num_new_tokens: int = 0
+    drawing: bool = False
+    finished: bool = False
+
+    def extend(self, ids: list[int]):
+        """Writes `ids` at the end of the row."""
+        self.ids = torch.cat([self.ids, torch.tensor(ids, dtype=torch.long)])
+
+    @property
+    def pending_ids(self) -> torch.LongTensor:
+        return self.ids[self.num_fed :]
+
+    @property
+    def needs_forward(self) -> bool:
+        """A row is fed when it has pending ids and either goes on writing or waits for its dream condition."""
+        return len(self.ids) > self.num_fed and (self.drawing or not self.finished)
+
+    @property
+    def new_ids(self) -> list[int]:
+        return self.ids[self.prompt_length :].tolist()
+
+
+@dataclass
+class ForwardChunk:
+    """The inputs of one forward pass over the rows that need one (see the module docstring)."""
+
+    input_ids: torch.LongTensor
+    attention_mask: torch.LongTensor
+    position_ids: torch.LongTensor
+    pixel_values: torch.FloatTensor | None
+    fed_rows: list[int]
+
+
+class DocumentBatch:
+    """
+    The rows of an interleaved generation and the attention mask of their shared cache.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`): The prompts, padded on either side.
+        attention_mask (`torch.LongTensor`): 1 for prompt tokens, 0 for padding.
+        pixel_values (`torch.FloatTensor`, *optional*): The images of the prompts' image blocks, in row-major order.
+        images_per_row (`list[int]`): How many of `pixel_values` belong to each row.
+        pad_token_id (`int`): The id written into holes.
+    """
+
+    def __init__(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        pixel_values: torch.FloatTensor | None,
+        images_per_row: list[int],
+        pad_token_id: int,
+    ):
+        self.pad_token_id = pad_token_id
+        self.device = input_ids.device
+        self.cache_mask = torch.zeros(input_ids.shape[0], 0, dtype=torch.long, device=self.device)
+        image_groups = pixel_values.split(images_per_row) if pixel_values is not None else [None] * len(input_ids)
+        self.rows = []
+        for row_ids, row_mask, row_images in zip(input_ids.cpu(), attention_mask.cpu().bool(), image_groups):
+            prompt = row_ids[row_mask]
+            pending_pixel_values = [row_images] if row_images is not None and len(row_images) else []
+            self.rows.append(
+                DocumentRow(ids=prompt, prompt_length=len(prompt), pending_pixel_values=pending_pixel_values)
+            )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def needs_forward(self) -> bool:
+        return any(row.needs_forward for row in self.rows)
+
+    def next_chunk(self) -> ForwardChunk:
+        """Builds the next forward pass and marks its ids as fed; the cache mask grows by the chunk length."""
+        fed_rows = [index for index, row in enumerate(self.rows) if row.needs_forward]
+        length = max(len(self.rows[index].pending_ids) for index in fed_rows)
+        input_ids = torch.full((len(self), length), self.pad_token_id, dtype=torch.long)
+        chunk_mask = torch.zeros((len(self), length), dtype=torch.long)
+        pixel_values = []
+        for index in fed_rows:
+            row = self.rows[index]
+            pending = row.pending_ids
+            input_ids[index, length - len(pending) :] = pending
+            chunk_mask[index, length - len(pending) :] = 1
+            pixel_values.extend(row.pending_pixel_values)
+            row.pending_pixel_values = []
+            row.num_fed = len(row.ids)
+        self.cache_mask = torch.cat([self.cache_mask, chunk_mask.to(self.device)], dim=1)
+        position_ids = (self.cache_mask.cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        return ForwardChunk(
+            input_ids=input_ids.to(self.device),
+            attention_mask=self.cache_mask,
+            position_ids=position_ids,
+            pixel_values=torch.cat(pixel_values) if pixel_values else None,
+            fed_rows=fed_rows,
+        )
+
+    def sequences(self) -> torch.LongTensor:
+        """Every row's ids, left-padded to a common length: what logits processors and stopping criteria see."""
+        rows = [row.ids for row in self.rows]
+        sequences = pad_sequence(rows, batch_first=True, padding_value=self.pad_token_id, padding_side="left")
+        return sequences.to(self.device)
+
+
+__all__ = ["DocumentBatch", "DocumentRow", "ForwardChunk"]
