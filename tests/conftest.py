@@ -16,6 +16,15 @@ def _deterministic_cpu():
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module's tests: tiny models train fastest so, above all on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def official_tiny() -> Path:
     """The tiny checkpoint in the original release format, with golden outputs of the original implementation."""

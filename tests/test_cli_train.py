@@ -1,0 +1,79 @@
+"""`dreamllm train`: full training to a pipeline folder, LoRA to an adapter folder, resumption, and user errors."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from dreamllm import DreamLLMForCausalLM, DreamLLMPipeline
+from dreamllm.cli import main
+from dreamllm.testing import tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base") / "tiny"
+    tiny_pipeline(0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from dreamllm.training import toy_world
+
+    root = tmp_path_factory.mktemp("data")
+    return {kind: toy_world.write_dataset(root, kind, 4, seed=0) for kind in ("document", "qa")}
+
+
+def train(*arguments) -> int:
+    return main(["train", "--batch-size", "2", "--seed", "0", "--logging-steps", "1", *map(str, arguments)])
+
+
+def test_full_training_writes_a_pipeline_and_resumes(tmp_path, base, data, capsys):
+    output = tmp_path / "out"
+    common = ("--model", base, "--data", data["document"], "--output", output, "--save-steps", "1")
+    assert train(*common, "--max-steps", "2") == 0
+    captured = capsys.readouterr()
+    assert "2/2" in captured.err and "'lm_loss'" in captured.out and "'diffusion_loss'" in captured.out
+    assert f"Saved the trained pipeline (DreamLLMPipeline.from_pretrained) to {output}" in captured.out
+    pipeline = DreamLLMPipeline.from_pretrained(output)
+    initial = tiny_pipeline(0).model.model.dream_projector.weight
+    assert not torch.equal(pipeline.model.model.dream_projector.weight, initial)
+
+    assert train(*common, "--max-steps", "3", "--resume") == 0
+    state = json.loads((output / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and state["log_history"][0]["step"] == 1
+
+
+def test_lora_instruction_tuning_writes_an_adapter(tmp_path, base, data):
+    output = tmp_path / "adapter"
+    assert train("--model", base, "--data", data["qa"], "--output", output, "--stage", "3", "--lora",
+                 "--max-steps", "1", "--lora-rank", "4") == 0
+    model = PeftModel.from_pretrained(DreamLLMForCausalLM.from_pretrained(base), output)
+    assert model.peft_config["default"].r == 4
+    assert not (output / "unet").exists()
+
+
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("missing data", "no data file"),
+        ("lora in stage 1", "LoRA applies to stages 2 and 3"),
+        ("malformed line", "data.jsonl:1: not a DreamLLM document"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2(tmp_path, base, data, capsys, problem, expected):
+    arguments = ["--model", base, "--data", data["document"], "--output", tmp_path / "out", "--max-steps", "1"]
+    if problem == "missing data":
+        arguments[3] = tmp_path / "absent.jsonl"
+    elif problem == "lora in stage 1":
+        arguments += ["--stage", "1", "--lora"]
+    else:
+        (tmp_path / "data.jsonl").write_text('{"text": "not a document"}\n')
+        arguments[3] = tmp_path / "data.jsonl"
+    assert train(*arguments) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("dreamllm train: error:") and expected in error

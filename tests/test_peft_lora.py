@@ -1,0 +1,137 @@
+"""LoRA with PEFT: targets only the language model, trains the DreamLLM modules and the special-token rows, and the
+adapter saves, loads (PeftModel, load_adapter), merges, runs inside DreamLLMPipeline and uploads with a model card."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+from peft import PeftModel
+
+from dreamllm import DreamLLMPipeline
+from dreamllm.testing import tiny_model_and_processor, tiny_pipeline
+from dreamllm.training import (
+    JsonlDocumentDataset,
+    apply_lora,
+    build_trainer,
+    dreamllm_training_arguments,
+    push_adapter_to_hub,
+)
+
+LORA_LAYERS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A LoRA adapter trained for a few steps on toy documents, saved by the trainer."""
+    from dreamllm.training import toy_world
+
+    root = tmp_path_factory.mktemp("lora")
+    tiny_pipeline(0).save_pretrained(root / "base")
+    pipeline = DreamLLMPipeline.from_pretrained(root / "base")
+    dataset = JsonlDocumentDataset(toy_world.write_dataset(root, "document", 6, seed=0), pipeline.processor)
+    args = dreamllm_training_arguments(
+        root / "run", max_steps=3, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True,
+        learning_rate=1e-2,
+    )
+    trainer = build_trainer(pipeline, dataset, args, stage=3, lora=True)
+    trainer.train()
+    trainer.save_pretrained(root / "adapter")
+    model = trainer.model.eval()
+    inputs = pipeline.processor(text="a red cat <dream>", return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+    return SimpleNamespace(model=model, base=root / "base", folder=root / "adapter", inputs=inputs, outputs=outputs)
+
+
+def assert_same_outputs(model, trained, atol=0.0):
+    with torch.no_grad():
+        outputs = model.eval()(**trained.inputs)
+    torch.testing.assert_close(outputs.logits, trained.outputs.logits, rtol=0, atol=atol)
+    torch.testing.assert_close(outputs.dream_conditions, trained.outputs.dream_conditions, rtol=0, atol=atol)
+
+
+def test_lora_targets_only_the_language_model():
+    model, processor = tiny_model_and_processor()
+    peft_model = apply_lora(model)
+    lora_modules = [name for name, module in peft_model.named_modules() if hasattr(module, "lora_A")]
+    assert len(lora_modules) == len(LORA_LAYERS) * model.config.text_config.num_hidden_layers
+    assert all(".language_model.layers." in name and name.rsplit(".", 1)[-1] in LORA_LAYERS for name in lora_modules)
+    trainable = {name for name, parameter in peft_model.named_parameters() if parameter.requires_grad}
+    assert not any("vision_tower" in name for name in trainable)
+    for module in ("dream_queries", "vision_projector", "dream_projector"):
+        assert any(f"{module}.modules_to_save" in name for name in trainable), module
+    special_ids = sorted(model.config.special_token_ids.values())
+    for layer in (peft_model.get_input_embeddings(), peft_model.get_output_embeddings()):
+        assert layer.token_adapter.token_indices["default"] == special_ids
+
+
+def test_training_changes_the_special_token_rows_only(trained):
+    merged = PeftModel.from_pretrained(tiny_model_and_processor()[0], trained.folder).merge_and_unload()
+    base = tiny_model_and_processor()[0]
+    special_ids = sorted(base.config.special_token_ids.values())
+    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        changed = (merged.state_dict()[name] != base.state_dict()[name]).any(dim=1).nonzero().flatten().tolist()
+        assert changed and set(changed) <= set(special_ids), name
+    torch.testing.assert_close(merged.model.vision_tower.state_dict(), base.model.vision_tower.state_dict())
+    assert not torch.equal(merged.model.dream_queries.weight, base.model.dream_queries.weight)
+
+
+def test_adapter_folder_holds_adapter_processor_and_card(trained):
+    files = {path.name for path in trained.folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= files
+    assert "model.safetensors" not in files and "unet" not in files
+    card = (trained.folder / "README.md").read_text()
+    assert "library_name: peft" in card and "- dreamllm" in card and f'from_pretrained("{trained.base}")' in card
+
+
+def test_adapter_loads_with_peft_and_with_load_adapter_and_merges(trained):
+    assert_same_outputs(PeftModel.from_pretrained(tiny_model_and_processor()[0], trained.folder), trained)
+    model = tiny_model_and_processor()[0]
+    model.load_adapter(str(trained.folder))
+    assert_same_outputs(model, trained)
+    merged = PeftModel.from_pretrained(tiny_model_and_processor()[0], trained.folder).merge_and_unload()
+    assert not any("lora" in name or "modules_to_save" in name for name, _ in merged.named_parameters())
+    assert_same_outputs(merged, trained, atol=1e-5)
+
+
+def test_adapter_works_inside_the_pipeline(trained):
+    def image(pipeline):
+        generator = torch.Generator().manual_seed(0)
+        return pipeline.text_to_image("a red cat", num_inference_steps=2, generator=generator, output_type="np").images
+
+    with_adapter = tiny_pipeline(0)
+    with_adapter.model.load_adapter(str(trained.folder))
+    merged = tiny_pipeline(0)
+    merged.model = PeftModel.from_pretrained(merged.model, trained.folder).merge_and_unload()
+    adapted = image(with_adapter)
+    assert not torch.allclose(torch.from_numpy(adapted), torch.from_numpy(image(tiny_pipeline(0))))
+    torch.testing.assert_close(torch.from_numpy(adapted), torch.from_numpy(image(merged)), rtol=0, atol=1e-4)
+
+
+def test_push_to_hub_uploads_the_adapter_with_a_model_card(trained, monkeypatch):
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs))
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        uploaded = {path.name: path.read_bytes() for path in folder.iterdir()}
+        calls.append(("upload_folder", repo_id, {**kwargs, "files": uploaded}))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    commit = push_adapter_to_hub(trained.model, "someone/dreamllm-lora", private=True, token="hf_test")
+    assert commit.commit_url.startswith("https://huggingface.co/someone/dreamllm-lora")
+    assert [call[0] for call in calls] == ["create_repo", "upload_folder"]
+    assert calls[0][2]["private"] is True and calls[0][2]["exist_ok"] is True
+    files = calls[1][2]["files"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files.keys()
+    card = files["README.md"].decode()
+    assert "library_name: peft" in card and "someone/dreamllm-lora" in card and f"base_model: {trained.base}" in card

@@ -1,0 +1,187 @@
+"""DreamLLMTrainer on the tiny pipeline: the two-part loss and its logs, stage presets, gradient accumulation,
+checkpoint resumption, bf16 with activation checkpointing, and the saved pipeline."""
+
+import math
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from dreamllm import DreamLLMPipeline
+from dreamllm.testing import tiny_pipeline
+from dreamllm.training import (
+    DiffusionObjective,
+    DreamLLMDataCollator,
+    JsonlDocumentDataset,
+    apply_stage,
+    build_trainer,
+    diffusion_resolution,
+    dreamllm_training_arguments,
+    prepare_model_for_training,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from dreamllm.training import toy_world
+
+    root = tmp_path_factory.mktemp("toy")
+    return JsonlDocumentDataset(toy_world.write_dataset(root, "document", 8, seed=0), tiny_pipeline().processor)
+
+
+def make_trainer(output_dir, dataset, stage=2, random_flip=True, **arguments):
+    defaults = {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, "save_strategy": "no",
+                "disable_tqdm": True, "learning_rate": 1e-3}
+    args = dreamllm_training_arguments(output_dir, stage=stage, **{**defaults, **arguments})
+    return build_trainer(tiny_pipeline(0), dataset, args, stage=stage, random_flip=random_flip)
+
+
+def trainable_names(model):
+    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def test_stage_presets_choose_what_trains():
+    model = tiny_pipeline().model
+    apply_stage(model, 1)
+    stage_one = trainable_names(model)
+    assert stage_one and all(name.startswith(("model.vision_projector", "model.dream_")) for name in stage_one)
+    for stage in (2, 3):
+        apply_stage(model, stage)
+        names = trainable_names(model)
+        assert stage_one < names and "lm_head.weight" in names
+        assert any(name.startswith("model.language_model.") for name in names)
+        assert not any(name.startswith("model.vision_tower.") for name in names)
+    with pytest.raises(ValueError, match="LoRA applies to stages 2 and 3"):
+        prepare_model_for_training(model, 1, lora=True)
+    with pytest.raises(ValueError, match="stage must be one of"):
+        apply_stage(model, 4)
+
+
+def test_loss_is_the_weighted_sum_of_both_parts_and_both_are_logged(tmp_path, dataset):
+    trainer = make_trainer(tmp_path, dataset)
+    model = trainer.model.train()
+    batch = trainer.data_collator([dataset[0], dataset[1]])
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(model, batch)
+    torch.manual_seed(0)
+    outputs = model(**{key: value for key, value in batch.items() if key != "diffusion_pixel_values"})
+    diffusion = trainer.diffusion_objective(outputs.dream_conditions, batch["diffusion_pixel_values"]).mean()
+    torch.testing.assert_close(loss, outputs.loss + 10 * diffusion)
+    trainer.log({"loss": loss.item()})
+    logged = trainer.state.log_history[-1]
+    assert logged["lm_loss"] == pytest.approx(outputs.loss.item(), rel=1e-5)
+    assert logged["diffusion_loss"] == pytest.approx(diffusion.item(), rel=1e-5)
+
+
+def fixed_draws(objective: DiffusionObjective, monkeypatch):
+    """Makes the diffusion draws a function of each image alone, so that batching does not change them."""
+    encode = objective.encode
+
+    def encode_without_noise(pixel_values, posterior_noise=None, generator=None):
+        latents, _ = encode(pixel_values, torch.zeros(pixel_values.shape[0], 4, 8, 8))
+        return latents, torch.zeros_like(latents)
+
+    def draw(latents, generator=None):
+        return latents.cos(), (latents.flatten(1).abs().sum(1) * 1000).long() % 1000
+
+    monkeypatch.setattr(objective, "encode", encode_without_noise)
+    monkeypatch.setattr(objective, "draw", draw)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path, dataset, monkeypatch):
+    trainer = make_trainer(tmp_path, dataset)
+    fixed_draws(trainer.diffusion_objective, monkeypatch)
+    model = trainer.model.train()
+    collator = DreamLLMDataCollator(
+        trainer.processing_class, diffusion_resolution(trainer.diffusion_objective.unet, trainer.diffusion_objective.vae),
+        random_flip=False,
+    )
+
+    def gradients(micro_batches):
+        model.zero_grad()
+        samples, _ = trainer.get_batch_samples(iter(micro_batches), len(micro_batches), trainer.args.device)
+        for batch in samples:
+            trainer.compute_loss(model, batch).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    documents = [dataset[0], dataset[3]]
+    accumulated = gradients([collator([documents[0]]), collator([documents[1]])])
+    together = gradients([collator(documents)])
+    assert accumulated.keys() == together.keys()
+    for name in together:
+        torch.testing.assert_close(accumulated[name], together[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.step
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_run(tmp_path, dataset):
+    arguments = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2}
+    uninterrupted = make_trainer(tmp_path / "full", dataset, random_flip=False, **arguments)
+    uninterrupted.train()
+    interrupted = make_trainer(tmp_path / "resumed", dataset, random_flip=False, **arguments)
+    interrupted.add_callback(StopAt(2))
+    interrupted.train()
+    resumed = make_trainer(tmp_path / "resumed", dataset, random_flip=False, **arguments)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    expected = uninterrupted.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_with_activation_checkpointing_and_accumulation_trains(tmp_path, dataset):
+    trainer = make_trainer(
+        tmp_path, dataset, bf16=True, activation_checkpointing=True, gradient_accumulation_steps=2,
+        per_device_train_batch_size=1,
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert trainer.model.is_activation_checkpointing
+    logs = [entry for entry in trainer.state.log_history if "lm_loss" in entry]
+    assert len(logs) == 2 and all(math.isfinite(entry["lm_loss"]) for entry in logs)
+    assert any(math.isfinite(entry.get("diffusion_loss", math.nan)) for entry in logs)
+    changed = [name for name, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[name])]
+    assert any(name.startswith("model.language_model.") for name in changed)
+    assert "model.dream_queries.weight" in changed
+
+
+def test_saved_training_output_loads_as_a_pipeline(tmp_path, dataset):
+    trainer = make_trainer(tmp_path, dataset, stage=1)
+    trainer.train()
+    trainer.save_pretrained(tmp_path / "final")
+    pipeline = DreamLLMPipeline.from_pretrained(tmp_path / "final")
+    trained = trainer.model.state_dict()
+    for name, value in pipeline.model.state_dict().items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=0, msg=name)
+    reference = tiny_pipeline(0)
+    torch.testing.assert_close(pipeline.unet.state_dict(), reference.unet.state_dict(), rtol=0, atol=0)
+    assert not torch.equal(pipeline.model.model.dream_projector.weight, reference.model.model.dream_projector.weight)
+    torch.testing.assert_close(
+        pipeline.model.model.language_model.embed_tokens.weight,
+        reference.model.model.language_model.embed_tokens.weight, rtol=0, atol=0,
+    )
+
+
+def test_diffusion_objective_follows_the_scheduler_prediction_type():
+    pipeline = tiny_pipeline()
+    objective = DiffusionObjective(pipeline.unet, pipeline.vae, pipeline.scheduler)
+    latents, noise, timesteps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    assert objective.target(latents, noise, timesteps) is noise
+    pipeline.scheduler.register_to_config(prediction_type="v_prediction")
+    torch.testing.assert_close(
+        objective.target(latents, noise, timesteps), pipeline.scheduler.get_velocity(latents, noise, timesteps)
+    )
+    pipeline.scheduler.register_to_config(prediction_type="sample")
+    with pytest.raises(ValueError, match="epsilon and v_prediction"):
+        objective.target(latents, noise, timesteps)
+    conditions = torch.zeros(1, 4, pipeline.unet.config.cross_attention_dim)
+    with pytest.raises(ValueError, match="target image"):
+        objective(conditions, torch.zeros(2, 3, 32, 32))

@@ -1,0 +1,45 @@
+"""Training DreamLLM: JSON Lines data and its collator, the two-part objective, stage presets, LoRA, and a Trainer.
+
+`dreamllm.training.toy_world` (the synthetic toy-world data generator) is imported on its own, not from here.
+"""
+
+from .data import (
+    DiffusionImageTransform,
+    DocumentEncoder,
+    DocumentError,
+    DreamLLMDataCollator,
+    EncodedDocument,
+    JsonlDocumentDataset,
+    diffusion_resolution,
+)
+from .diffusion import DiffusionDraws, DiffusionObjective
+from .lora import adapter_model_card, apply_lora, dreamllm_lora_config, push_adapter_to_hub, write_adapter_model_card
+from .stages import STAGES, TrainingStage, apply_stage, get_stage
+from .train import build_trainer, dreamllm_training_arguments, prepare_model_for_training, train
+from .trainer import DreamLLMTrainer
+
+__all__ = [
+    "STAGES",
+    "DiffusionDraws",
+    "DiffusionImageTransform",
+    "DiffusionObjective",
+    "DocumentEncoder",
+    "DocumentError",
+    "DreamLLMDataCollator",
+    "DreamLLMTrainer",
+    "EncodedDocument",
+    "JsonlDocumentDataset",
+    "TrainingStage",
+    "adapter_model_card",
+    "apply_lora",
+    "apply_stage",
+    "build_trainer",
+    "diffusion_resolution",
+    "dreamllm_lora_config",
+    "dreamllm_training_arguments",
+    "get_stage",
+    "prepare_model_for_training",
+    "push_adapter_to_hub",
+    "train",
+    "write_adapter_model_card",
+]

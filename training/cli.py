@@ -1,0 +1,56 @@
+"""`dreamllm train`: train a saved DreamLLM on a JSON Lines file (full weights or a LoRA adapter)."""
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    """Adds the `train` options to `parser`."""
+    parser.add_argument("--model", required=True, help="a saved DreamLLMPipeline folder or Hub repo id")
+    parser.add_argument("--data", required=True, help="JSON Lines file of documents (segments or messages)")
+    parser.add_argument("--output", required=True, help="folder for checkpoints and the trained model")
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3), default=2,
+                        help="1: projectors and dream queries; 2: + language model; 3: instruction tuning (default 2)")
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter of the language model (stages 2, 3)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default 16; alpha is twice the rank)")
+    parser.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: by stage, 2e-4 with LoRA)")
+    parser.add_argument("--batch-size", type=int, default=1, help="documents per device and micro-batch (default 1)")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per step (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and noise (default 0)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    parser.add_argument("--save-steps", type=int, default=500, help="steps between checkpoints (default 500)")
+    parser.add_argument("--logging-steps", type=int, default=10, help="steps between loss logs (default 10)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                        help="resume from CHECKPOINT, or from the latest checkpoint in --output")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Trains as `args` say and saves the result in `args.output`; returns the exit status."""
+    from accelerate import PartialState
+
+    from dreamllm.training import train
+
+    optional = {"learning_rate": args.learning_rate} if args.learning_rate is not None else {}
+    output = train(
+        model=args.model,
+        data=args.data,
+        output_dir=args.output,
+        stage=args.stage,
+        lora=args.lora,
+        lora_rank=args.lora_rank,
+        resume_from_checkpoint=args.resume,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        seed=args.seed,
+        bf16=args.bf16,
+        activation_checkpointing=args.gradient_checkpointing,
+        save_steps=args.save_steps,
+        logging_steps=args.logging_steps,
+        **optional,
+    )
+    if PartialState().is_main_process:
+        kind = "LoRA adapter (PeftModel.from_pretrained)" if args.lora else "pipeline (DreamLLMPipeline.from_pretrained)"
+        print(f"Saved the trained {kind} to {output}")
+    return 0
