@@ -30,6 +30,7 @@ The DreamLLM tokens are registered as *named* special tokens (`tokenizer.image_t
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
@@ -332,27 +333,27 @@ def add_dreamllm_special_tokens(tokenizer: TokenizersBackend) -> TokenizersBacke
     )
 
 
-def _tiny_text_pieces() -> list[str]:
+def _tiny_text_pieces(words: Sequence[str] = _TINY_WORDS) -> list[str]:
     """
     The mergeable pieces of the tiny tokenizer, best first: "▁", the printable ASCII characters, every prefix (of two
-    characters or more) of "▁" + each word of `_TINY_WORDS` (shortest first), and "▁▁".
+    characters or more) of "▁" + each of `words` (shortest first), and "▁▁".
     """
-    prefixes = {SPIECE_UNDERLINE + word[:end] for word in _TINY_WORDS for end in range(1, len(word) + 1)}
+    prefixes = {SPIECE_UNDERLINE + word[:end] for word in words for end in range(1, len(word) + 1)}
     characters = [SPIECE_UNDERLINE, *(chr(code) for code in range(33, 127))]
     return characters + sorted(prefixes, key=lambda piece: (len(piece), piece)) + [SPIECE_UNDERLINE * 2]
 
 
-def build_tiny_tokenizer(model_max_length: int = 2048) -> TokenizersBackend:
+def build_tiny_tokenizer(model_max_length: int = 2048, words: Sequence[str] = _TINY_WORDS) -> TokenizersBackend:
     """
     A tiny DreamLLM tokenizer built in memory (no files, no network, deterministic) for tests and toy models.
 
-    Byte-fallback BPE whose vocabulary is `<unk>`, `<s>`, `</s>`, the 256 byte pieces and `_tiny_text_pieces()`
-    (a few hundred pieces in all, and any text encodes), then the eight DreamLLM tokens with ids in
+    Byte-fallback BPE whose vocabulary is `<unk>`, `<s>`, `</s>`, the 256 byte pieces and `_tiny_text_pieces(words)`
+    (a few hundred pieces in all, each of `words` is one token, and any text encodes), then the eight DreamLLM tokens with ids in
     `RELEASED_ADDED_TOKEN_ORDER` (not list order, like the released checkpoints). Same legacy per-chunk tokenization,
     BOS added, no EOS, `[PAD]` padding on the right, named DreamLLM tokens. A model for it needs
     `vocab_size = len(tokenizer)`.
     """
-    text_pieces = _tiny_text_pieces()
+    text_pieces = _tiny_text_pieces(words)
     pieces = ["<unk>", "<s>", "</s>", *(f"<0x{byte:02X}>" for byte in range(256)), *text_pieces]
     model = BPE(
         vocab={piece: i for i, piece in enumerate(pieces)},

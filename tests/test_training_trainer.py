@@ -31,11 +31,13 @@ def dataset(tmp_path_factory):
     return JsonlDocumentDataset(toy_world.write_dataset(root, "document", 8, seed=0), tiny_pipeline().processor)
 
 
-def make_trainer(output_dir, dataset, stage=2, random_flip=True, **arguments):
+def make_trainer(output_dir, dataset, stage=2, random_flip=True, condition_dropout=0.0, **arguments):
     defaults = {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1, "save_strategy": "no",
                 "disable_tqdm": True, "learning_rate": 1e-3}
     args = dreamllm_training_arguments(output_dir, stage=stage, **{**defaults, **arguments})
-    return build_trainer(tiny_pipeline(0), dataset, args, stage=stage, random_flip=random_flip)
+    return build_trainer(
+        tiny_pipeline(0), dataset, args, stage=stage, random_flip=random_flip, condition_dropout=condition_dropout
+    )
 
 
 def trainable_names(model):
@@ -73,6 +75,25 @@ def test_loss_is_the_weighted_sum_of_both_parts_and_both_are_logged(tmp_path, da
     logged = trainer.state.log_history[-1]
     assert logged["lm_loss"] == pytest.approx(outputs.loss.item(), rel=1e-5)
     assert logged["diffusion_loss"] == pytest.approx(diffusion.item(), rel=1e-5)
+
+
+def test_condition_dropout_trains_the_unconditional_condition_of_guidance(tmp_path, dataset):
+    trainer = make_trainer(tmp_path, dataset, condition_dropout=1.0)
+    model = trainer.model.train()
+    batch = trainer.data_collator([dataset[0], dataset[1]])
+    outputs = model(**{key: value for key, value in batch.items() if key != "diffusion_pixel_values"})
+    num_blocks = outputs.dream_conditions.shape[0]
+    unconditional = model.get_unconditional_dream_conditions(num_blocks)
+    dropped = trainer.drop_conditions(model, outputs.dream_conditions)
+    torch.testing.assert_close(dropped, unconditional)
+    assert not torch.equal(dropped, outputs.dream_conditions)
+    dropped.sum().backward()
+    assert model.model.dream_queries.weight.grad.abs().sum() > 0
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    kept = make_trainer(tmp_path, dataset).drop_conditions(model, outputs.dream_conditions)
+    assert kept is outputs.dream_conditions
+    with pytest.raises(ValueError, match="condition_dropout must be in"):
+        make_trainer(tmp_path, dataset, condition_dropout=1.5)
 
 
 def fixed_draws(objective: DiffusionObjective, monkeypatch):

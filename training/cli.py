@@ -5,7 +5,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser):
     """Adds the `train` options to `parser`."""
-    parser.add_argument("--model", required=True, help="a saved DreamLLMPipeline folder or Hub repo id")
+    parser.add_argument("--model", help="a saved DreamLLMPipeline folder or Hub repo id (default: the built-in toy model)")
     parser.add_argument("--data", required=True, help="JSON Lines file of documents (segments or messages)")
     parser.add_argument("--output", required=True, help="folder for checkpoints and the trained model")
     parser.add_argument("--stage", type=int, choices=(1, 2, 3), default=2,
@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
     parser.add_argument("--save-steps", type=int, default=500, help="steps between checkpoints (default 500)")
     parser.add_argument("--logging-steps", type=int, default=10, help="steps between loss logs (default 10)")
+    parser.add_argument("--condition-dropout", type=float, default=0.0, metavar="P",
+                        help="train the unconditional condition of guidance on a fraction P of images (default 0)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                         help="resume from CHECKPOINT, or from the latest checkpoint in --output")
 
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         lora=args.lora,
         lora_rank=args.lora_rank,
         resume_from_checkpoint=args.resume,
+        condition_dropout=args.condition_dropout,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,

@@ -67,11 +67,13 @@ def build_trainer(
     lora: bool = False,
     lora_rank: int = 16,
     random_flip: bool = True,
+    condition_dropout: float = 0.0,
 ) -> DreamLLMTrainer:
     """
     A [`DreamLLMTrainer`] for `pipeline`'s model, prepared for `stage` (or LoRA), on `train_dataset` (records of
     documents, e.g. a [`JsonlDocumentDataset`]). `random_flip` flips diffusion targets at random (seeded by
     `args.seed`; the draws restart when training resumes); turn it off for pictures whose sides matter.
+    `condition_dropout` trains the unconditional condition of classifier-free guidance (see [`DreamLLMTrainer`]).
     """
     set_seed(args.seed)
     model = prepare_model_for_training(pipeline.model, stage, lora=lora, lora_rank=lora_rank)
@@ -90,6 +92,7 @@ def build_trainer(
         unet=pipeline.unet,
         vae=pipeline.vae,
         noise_scheduler=pipeline.scheduler,
+        condition_dropout=condition_dropout,
     )
 
 
@@ -102,6 +105,7 @@ def train(
     resume_from_checkpoint: str | bool | None = None,
     lora_rank: int = 16,
     random_flip: bool = True,
+    condition_dropout: float = 0.0,
     **training_arguments,
 ) -> Path:
     """
@@ -118,6 +122,8 @@ def train(
             `output_dir`.
         lora_rank (`int`, *optional*, defaults to 16): LoRA rank (alpha is twice the rank).
         random_flip (`bool`, *optional*, defaults to `True`): Flip diffusion targets horizontally at random.
+        condition_dropout (`float`, *optional*, defaults to 0): Probability of training a dream block on the
+            unconditional condition instead of its own (classifier-free guidance dropout).
         **training_arguments: Overrides of [`dreamllm_training_arguments`] (`max_steps`, `learning_rate`,
             `per_device_train_batch_size`, `gradient_accumulation_steps`, `bf16`, `activation_checkpointing`, ...).
 
@@ -131,7 +137,8 @@ def train(
     if get_stage(stage).expects_chat_data and any("segments" in record for record in dataset.records):
         logger.warning("stage %d is instruction tuning, but %s holds documents that are not conversations", stage, data)
     trainer = build_trainer(
-        pipeline, dataset, args, stage=stage, lora=lora, lora_rank=lora_rank, random_flip=random_flip
+        pipeline, dataset, args, stage=stage, lora=lora, lora_rank=lora_rank, random_flip=random_flip,
+        condition_dropout=condition_dropout,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_pretrained(output_dir)

@@ -41,6 +41,10 @@ class DreamLLMTrainer(Trainer):
             so that saved folders carry it.
         unet ([`UNet2DConditionModel`]), vae ([`AutoencoderKL`]), noise_scheduler ([`SchedulerMixin`]):
             The frozen diffusion components.
+        condition_dropout (`float`, *optional*, defaults to 0): Probability that a dream block's conditions are
+            replaced, in training, by the unconditional ones (the dream block after BOS alone, which classifier-free
+            guidance uses at inference), so that the model learns a meaningful "no prompt". The original code's
+            `drop_prob`; the released models were trained without it. Its draws follow `args.seed`.
     """
 
     loss_is_scaled_for_ga = True
@@ -53,9 +57,14 @@ class DreamLLMTrainer(Trainer):
         unet: UNet2DConditionModel,
         vae: AutoencoderKL,
         noise_scheduler: SchedulerMixin,
+        condition_dropout: float = 0.0,
         **kwargs,
     ):
+        if not 0.0 <= condition_dropout <= 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1], got {condition_dropout}")
         super().__init__(model=model, args=args, **kwargs)
+        self.condition_dropout = condition_dropout
+        self.dropout_generator = torch.Generator().manual_seed(self.args.seed + self.args.process_index)
         self.diffusion_objective = DiffusionObjective(unet, vae, noise_scheduler).to(self.args.device, self.model.dtype)
         self.step_normalizers: dict[str, torch.Tensor] | None = None
         self.logged_sums = {name: torch.zeros(2, device=self.args.device) for name in LOSS_PARTS}
@@ -92,7 +101,8 @@ class DreamLLMTrainer(Trainer):
         normalizers, scale = self.loss_normalizers(model, local_counts)
         outputs = model(**inputs, num_items_in_batch=normalizers["lm"])
         lm_sum = outputs.loss * normalizers["lm"]
-        diffusion_sum = self.diffusion_loss_sum(outputs.dream_conditions, diffusion_pixel_values)
+        conditions = self.drop_conditions(model, outputs.dream_conditions) if model.training else outputs.dream_conditions
+        diffusion_sum = self.diffusion_loss_sum(conditions, diffusion_pixel_values)
         config = self.dreamllm_config
         loss = (
             config.loss_weight_lm * outputs.loss
@@ -111,6 +121,16 @@ class DreamLLMTrainer(Trainer):
         else:
             counts, scale = {name: torch.tensor(count) for name, count in local_counts.items()}, 1
         return {name: count.to(self.args.device).clamp(min=1) for name, count in counts.items()}, scale
+
+    def drop_conditions(self, model, conditions: torch.Tensor | None) -> torch.Tensor | None:
+        """Replaces each dream block's conditions by the unconditional ones with probability `condition_dropout`."""
+        if conditions is None or not self.condition_dropout:
+            return conditions
+        dropped = torch.rand(conditions.shape[0], generator=self.dropout_generator) < self.condition_dropout
+        if not dropped.any():
+            return conditions
+        unconditional = self.accelerator.unwrap_model(model).get_unconditional_dream_conditions()
+        return torch.where(dropped.to(conditions.device)[:, None, None], unconditional.to(conditions.dtype), conditions)
 
     def diffusion_loss_sum(self, conditions: torch.Tensor | None, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Sum over the dream blocks of their noise-prediction MSE (0 without dream blocks)."""
