@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPImageProcessor, CLIPVisionConfig
+from transformers import AutoImageProcessor, CLIPVisionConfig
 from transformers.image_processing_utils import BaseImageProcessor
 
 SHIPPED_CONFIGS = Path(__file__).parent / "upstream_configs"
@@ -94,7 +94,7 @@ def load_vision_parts(folder: str | os.PathLike) -> VisionParts:
     folder = Path(folder)
     check_files(folder, VISION_FILES)
     return VisionParts(
-        config=CLIPVisionConfig.from_pretrained(folder), image_processor=CLIPImageProcessor.from_pretrained(folder)
+        config=CLIPVisionConfig.from_pretrained(folder), image_processor=AutoImageProcessor.from_pretrained(folder)
     )
 
 
