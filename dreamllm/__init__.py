@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM, DreamLLMModel
-from dreamllm.pipelines import DreamLLMPipeline, DreamLLMPipelineOutput
+from dreamllm.pipelines import TOY_MODEL_PATH, DreamLLMPipeline, DreamLLMPipelineOutput
 import dreamllm.pipelines.interleaved_generation  # noqa: F401  (registers the transformers task "interleaved-generation")
 from dreamllm.processing import DreamLLMProcessor
 
@@ -32,6 +32,7 @@ def _register_auto_classes():
 _register_auto_classes()
 
 __all__ = [
+    "TOY_MODEL_PATH",
     "DreamLLMConfig",
     "DreamLLMForCausalLM",
     "DreamLLMModel",

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     """Declares the arguments of `dreamllm generate`."""
     parser.add_argument("prompt", metavar="PROMPT", help="What to write about; it becomes the user turn of the chat.")
     parser.add_argument(
-        "--model", metavar="DIR_OR_REPO", help="A saved DreamLLM pipeline: a local folder or a Hub repo id (required)."
+        "--model", metavar="DIR_OR_REPO",
+        help="A saved DreamLLM pipeline: a local folder or a Hub repo id (default: the built-in toy-world model).",
     )
     parser.add_argument(
         "--image", metavar="PATH", dest="images", action="extend", nargs="+", type=Path, default=[],
@@ -39,10 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 def run(args: argparse.Namespace) -> int:
     """Loads the pipeline, writes the document and reports where it is."""
-    if args.model is None:
-        raise ValueError("--model DIR_OR_REPO is required: no default DreamLLM is packaged yet")
     images = [open_image(path) for path in args.images]
-    print(f"Loading {args.model} ...", flush=True)
+    print(f"Loading {args.model or 'the built-in toy-world model'} ...", flush=True)
     pipe = DreamLLMPipeline.from_pretrained(args.model).to(args.device)
     generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     output = pipe(

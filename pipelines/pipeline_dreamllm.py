@@ -1,5 +1,6 @@
 """DreamLLMPipeline: free-form interleaved documents, text-to-image and image comprehension with one DreamLLM."""
 
+import importlib.resources
 import inspect
 import json
 import os
@@ -32,6 +33,8 @@ from .hub import pipeline_model_card
 from .interleaved import DocumentBatch, DocumentRow
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
+"""The toy-world DreamLLM shipped inside the package, used when no model is named (see `python -m dreamllm.training.build_toy_model`)."""
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -869,12 +872,16 @@ class DreamLLMPipeline(DiffusionPipeline):
             )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DreamLLMPipeline":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs
+    ) -> "DreamLLMPipeline":
         """
         Loads a pipeline saved by [`~DreamLLMPipeline.save_pretrained`] from a local folder or a Hub repo id.
 
         Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): A folder or a Hub repo id.
+            pretrained_model_name_or_path (`str` or `os.PathLike`, *optional*): A folder or a Hub repo id; by default
+                the toy-world model shipped with the package (`TOY_MODEL_PATH`), which draws and reads 64x64 pictures
+                of coloured shapes.
             dtype (`torch.dtype`, *optional*): Loads every component in this dtype (`torch_dtype` also works).
             model, processor, unet, vae, scheduler (*optional*): Ready components that replace the saved ones.
             attn_implementation (`str`, *optional*): Attention of the language model and vision tower.
@@ -886,7 +893,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
         attn_implementation = kwargs.pop("attn_implementation", None)
         components = {name: kwargs.pop(name) for name in ("model", "processor", "unet", "vae", "scheduler") if name in kwargs}
-        folder = resolve_pretrained_folder(pretrained_model_name_or_path, **kwargs)
+        folder = resolve_pretrained_folder(pretrained_model_name_or_path or TOY_MODEL_PATH, **kwargs)
         model_index = read_model_index(folder)
         if "model" not in components:
             model_kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}

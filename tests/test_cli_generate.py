@@ -66,7 +66,6 @@ def test_reads_input_images(model_folder, tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        ([], "--model DIR_OR_REPO is required"),
         (["--model", "/nonexistent/dreamllm"], "/nonexistent/dreamllm is neither a folder"),
         (["--model", "{model}", "--image", "/nonexistent/picture.png"], "cannot read image /nonexistent/picture.png"),
         (["--model", "{model}", "--image", "{text_file}"], "cannot read image"),

@@ -18,17 +18,20 @@ def test_wheel_installs_only_the_dreamllm_package(tmp_path):
     assert top_level - {"bin"} == {"dreamllm"}
     subpackages = {path.name for path in (target / "dreamllm").iterdir() if (path / "__init__.py").is_file()}
     assert {"modeling_dreamllm", "processing", "pipelines", "conversion", "training"} <= subpackages
+    shipped = {str(path.relative_to(target / "dreamllm" / "toy_model")) for path in (target / "dreamllm" / "toy_model").rglob("*")}
+    assert {"model.safetensors", "model_index.json", "unet/diffusion_pytorch_model.safetensors"} <= shipped
     probe = (
         "import dreamllm, transformers; "
         "from dreamllm import DreamLLMConfig, DreamLLMForCausalLM, DreamLLMModel, DreamLLMProcessor, "
         "DreamLLMPipeline, DreamLLMPipelineOutput; "
         "print(dreamllm.__file__); "
+        "print(dreamllm.TOY_MODEL_PATH); "
         "print(transformers.AutoConfig.for_model('dreamllm').__class__.__name__)"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
         env={"PYTHONPATH": str(target), "PATH": ""},
     )
-    module_file, config_class = result.stdout.split()
-    assert module_file.startswith(str(target))
+    module_file, toy_model_path, config_class = result.stdout.split()
+    assert module_file.startswith(str(target)) and toy_model_path.startswith(str(target))
     assert config_class == "DreamLLMConfig"

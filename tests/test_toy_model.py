@@ -1,0 +1,88 @@
+"""The toy-world DreamLLM shipped with the package: it loads by default, draws what it is asked, reads what it sees,
+and `python -m dreamllm.training.build_toy_model` rebuilds a model like it from nothing."""
+
+import subprocess
+import sys
+
+import PIL.Image
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+from dreamllm import TOY_MODEL_PATH, DreamLLMPipeline
+from dreamllm.cli import main as dreamllm_main
+from dreamllm.training import toy_model, toy_world
+
+
+
+@pytest.fixture(scope="module")
+def toy_pipeline():
+    pipe = DreamLLMPipeline.from_pretrained()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_shipped_checkpoint_is_small_safetensors_in_the_one_repo_layout():
+    files = [path for path in TOY_MODEL_PATH.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) <= 25 * 2**20
+    assert not [path for path in files if path.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    names = {str(path.relative_to(TOY_MODEL_PATH)) for path in files}
+    assert {"model_index.json", "config.json", "model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"} <= names
+    model = AutoModelForCausalLM.from_pretrained(TOY_MODEL_PATH)
+    processor = AutoProcessor.from_pretrained(TOY_MODEL_PATH)
+    assert model.config.model_type == "dreamllm" and processor.num_dream_queries == model.config.num_dream_queries
+
+
+def test_every_toy_word_is_one_token(toy_pipeline):
+    tokenizer = toy_pipeline.processor.tokenizer
+    for word in toy_model.toy_vocabulary():
+        assert tokenizer.tokenize(word) == ["▁" + word], word
+
+
+def test_readme_command_draws_a_red_circle_then_a_blue_triangle(tmp_path, capsys):
+    code = dreamllm_main(["generate", "Show me a red circle and then a blue triangle.", "--output", str(tmp_path),
+                          "--seed", "0"])
+    assert code == 0
+    pictures = sorted(tmp_path.glob("image_*.png"))
+    assert [toy_world.analyze_image(PIL.Image.open(path)) for path in pictures] == [
+        ("red", "circle"), ("blue", "triangle")
+    ]
+    text = (tmp_path / "document.md").read_text()
+    assert text.index("red circle") < text.index("image_0.png") < text.index("blue triangle") < text.index("image_1.png")
+
+
+@pytest.mark.parametrize("colour, shape", [("green", "square"), ("purple", "circle"), ("orange", "triangle")])
+def test_it_answers_questions_about_a_picture(toy_pipeline, colour, shape):
+    picture = toy_world.render_shape(colour, shape, size=30, center=(30, 34))
+    colour_answer = toy_pipeline("What colour is the shape?", images=[picture], max_images=0, max_new_tokens=12).text[0]
+    shape_answer = toy_pipeline("What shape is this?", images=[picture], max_images=0, max_new_tokens=12).text[0]
+    assert colour in colour_answer and shape in shape_answer
+
+
+def test_the_same_seed_draws_the_same_picture(toy_pipeline):
+    def draw(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return toy_pipeline.text_to_image("A picture of a yellow square.", generator=generator, output_type="pt").images
+
+    first, again, other = draw(3), draw(3), draw(4)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert toy_world.analyze_image(toy_model.to_pil(first * 2 - 1)[0]) == ("yellow", "square")
+
+
+def test_the_build_script_runs_every_step_and_resumes(tmp_path):
+    """The whole recipe at a toy scale of the toy scale: every step runs, writes its folder, and is skipped after."""
+    command = [
+        sys.executable, "-m", "dreamllm.training.build_toy_model", "--work-dir", str(tmp_path), "--threads", "1",
+        "--num-pictures", "32", "--vae-steps", "2", "--vision-steps", "2", "--unet-steps", "2", "--data-scale", "0.0005",
+        "--dreamllm-steps", "2", "--sft-steps", "2", "--batch-size", "2",
+    ]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    for step in ("vae", "vision", "unet", "assemble", "data", "dreamllm", "sft", "export"):
+        assert (tmp_path / step).is_dir(), step
+    pipe = DreamLLMPipeline.from_pretrained(tmp_path / "export")
+    assert pipe.unet.config.cross_attention_dim == pipe.model.config.condition_dim
+    posterior = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist
+    assert posterior.std.max() < 1e-5  # the diffusion loss's posterior samples are the means the UNet learned
+    rerun = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    assert rerun.stdout.count("done already") == 8

@@ -1,0 +1,211 @@
+"""Builds the toy-world DreamLLM that ships with the package, from nothing, in resumable steps.
+
+    python -m dreamllm.training.build_toy_model --work-dir toy-build            # every step, skipping finished ones
+    python -m dreamllm.training.build_toy_model --work-dir toy-build --only vae # one step
+
+Steps (each writes `<work-dir>/<step>/` atomically; a finished step is skipped on the next run):
+
+1. `vae`: the VAE (scale factor 4) on rendered toy pictures.
+2. `vision`: the CLIP vision encoder, taught colour, shape, size and position (frozen afterwards).
+3. `unet`: the UNet with the toy caption encoder (this world's "Stable Diffusion"), saved in `unet/unet/` and
+   `unet/condition_encoder/`; samples a check grid.
+4. `assemble`: a DreamLLMPipeline with those components, the toy tokenizer and a random language model.
+5. `data`: toy-world training documents in the JSON Lines format of `dreamllm.training`.
+6. `dreamllm`: DreamLLM's pretraining (stage II: language model, projectors, dream queries) with `dreamllm.training`.
+7. `sft`: DreamLLM's instruction tuning (stage III) on conversations, with `dreamllm.training`.
+8. `export`: the final pipeline; with `--install` it replaces the package's `dreamllm/toy_model/`.
+
+Timings of each step are appended to `<work-dir>/timings.json`. Use `--threads` to set torch's CPU threads.
+"""
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import CLIPVisionModel
+
+from dreamllm.file_utils import atomic_directory
+from dreamllm.pipelines import TOY_MODEL_PATH, DreamLLMPipeline
+from dreamllm.training import toy_model, toy_world, train
+
+STEPS = ("vae", "vision", "unet", "assemble", "data", "dreamllm", "sft", "export")
+DATA_MIX = {"document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000}
+SFT_MIX = {"qa": 3000, "instruction_creation": 4000}
+
+
+def log_to(work_dir: Path):
+    def log(message: str):
+        print(message, flush=True)
+        with open(work_dir / "log.txt", "a") as f:
+            f.write(message + "\n")
+
+    return log
+
+
+def record_time(work_dir: Path, step: str, seconds: float):
+    path = work_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[step] = round(seconds, 1)
+    path.write_text(json.dumps(timings, indent=2))
+
+
+def step_vae(work_dir: Path, args, log):
+    pictures = toy_model.ScenePictures.render(args.num_pictures, seed=1)
+    torch.manual_seed(args.seed)
+    vae = toy_model.train_vae(toy_model.toy_vae(), pictures, steps=args.vae_steps, seed=args.seed, log=log)
+    with torch.no_grad():
+        images = toy_model.to_unit_range(pictures.pixels[:256])
+        error = (vae.decode(vae.encode(images).latent_dist.mean).sample - images).pow(2).mean().item()
+    log(f"vae reconstruction MSE {error:.5f}, scaling_factor {vae.config.scaling_factor:.4f}")
+    return vae
+
+
+def step_vision(work_dir: Path, args, log):
+    pictures = toy_model.ScenePictures.render(args.num_pictures, seed=2)
+    torch.manual_seed(args.seed)
+    encoder = CLIPVisionModel(toy_model.toy_vision_config())
+    image_processor = toy_model.toy_processor().image_processor
+    return toy_model.train_vision_encoder(encoder, image_processor, pictures, steps=args.vision_steps, seed=args.seed, log=log)
+
+
+def step_unet(work_dir: Path, args, log):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(work_dir / "vae")
+    pictures = toy_model.ScenePictures.render(args.num_pictures, seed=3)
+    torch.manual_seed(args.seed)
+    encoder = toy_model.ToyConditionEncoder()
+    unet = toy_model.train_unet(toy_model.toy_unet(), encoder, vae, pictures, steps=args.unet_steps, seed=args.seed, log=log)
+    colour = torch.arange(18) // 3
+    shape = torch.arange(18) % 3
+    images = toy_model.sample_with_condition_encoder(unet, encoder, vae, colour, shape, seed=args.seed)
+    judged = [toy_world.analyze_image(picture) for picture in toy_model.to_pil(images)]
+    correct = sum(j == (toy_world.COLOUR_NAMES[c], toy_world.SHAPES[s]) for j, c, s in zip(judged, colour, shape))
+    log(f"unet check: {correct}/18 pictures show the asked colour and shape")
+    return {"unet": unet, "condition_encoder": encoder}
+
+
+def step_assemble(work_dir: Path, args, log):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    return toy_model.assemble_pipeline(
+        vae=AutoencoderKL.from_pretrained(work_dir / "vae"),
+        unet=UNet2DConditionModel.from_pretrained(work_dir / "unet" / "unet"),
+        vision_encoder=CLIPVisionModel.from_pretrained(work_dir / "vision"),
+        processor=toy_model.toy_processor(),
+        seed=args.seed,
+    )
+
+
+def write_mix(folder: Path, mix: dict[str, int], seed: int) -> Path:
+    lines = []
+    for offset, (kind, count) in enumerate(mix.items()):
+        path = toy_world.write_dataset(folder, kind, count, seed=seed + offset)
+        lines += path.read_text().splitlines()
+    order = torch.randperm(len(lines), generator=torch.Generator().manual_seed(seed)).tolist()
+    mixed = folder / "train.jsonl"
+    mixed.write_text("\n".join(lines[i] for i in order) + "\n")
+    return mixed
+
+
+def step_data(output: Path, args, log):
+    def scaled(mix):
+        return {kind: max(1, round(count * args.data_scale)) for kind, count in mix.items()}
+
+    write_mix(output / "pretraining", scaled(DATA_MIX), seed=100)
+    write_mix(output / "instructions", scaled(SFT_MIX), seed=200)
+
+
+def dreamllm_stage(model_dir: Path, data: Path, output: Path, args, stage: int, steps: int, learning_rate: float):
+    """Trains with `dreamllm.training.train`; an interrupted run resumes from its last checkpoint in `output`."""
+    train(
+        model_dir,
+        data,
+        output,
+        stage=stage,
+        random_flip=False,
+        resume_from_checkpoint=True if any(output.glob("checkpoint-*")) else None,
+        condition_dropout=args.condition_dropout,
+        max_steps=steps,
+        learning_rate=learning_rate,
+        warmup_steps=max(1, steps // 30),
+        per_device_train_batch_size=args.batch_size,
+        save_steps=max(50, steps // 4),
+        save_total_limit=1,
+        logging_steps=max(1, steps // 40),
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+
+
+def run_step(step: str, work_dir: Path, args, log):
+    output = work_dir / step
+    if output.exists():
+        log(f"{step}: done already ({output})")
+        return
+    start = time.perf_counter()
+    log(f"{step}: starting")
+    if step == "dreamllm":
+        partial = work_dir / "dreamllm.partial"
+        dreamllm_stage(work_dir / "assemble", work_dir / "data/pretraining/train.jsonl", partial, args, 2,
+                       args.dreamllm_steps, args.learning_rate)
+        partial.rename(output)
+    elif step == "sft":
+        partial = work_dir / "sft.partial"
+        dreamllm_stage(work_dir / "dreamllm", work_dir / "data/instructions/train.jsonl", partial, args, 3,
+                       args.sft_steps, args.learning_rate / 3)
+        partial.rename(output)
+    elif step == "export":
+        DreamLLMPipeline.from_pretrained(work_dir / "sft").save_pretrained(output)
+        if args.install:
+            with atomic_directory(TOY_MODEL_PATH) as staging:
+                shutil.copytree(output, staging, dirs_exist_ok=True)
+            log(f"installed the exported model in {TOY_MODEL_PATH}")
+    elif step == "data":
+        with atomic_directory(output) as staging:
+            step_data(staging, args, log)
+    else:
+        components = globals()[f"step_{step}"](work_dir, args, log)
+        if not isinstance(components, dict):
+            components = {".": components}
+        with atomic_directory(output) as staging:
+            for name, component in components.items():
+                component.save_pretrained(staging / name)
+    record_time(work_dir, step, time.perf_counter() - start)
+    log(f"{step}: finished in {time.perf_counter() - start:.0f} s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, default=Path("toy-build"))
+    parser.add_argument("--only", choices=STEPS, action="append", help="Run only these steps (repeatable).")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-pictures", type=int, default=20000)
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--vision-steps", type=int, default=3000)
+    parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument("--dreamllm-steps", type=int, default=2000)
+    parser.add_argument("--sft-steps", type=int, default=500)
+    parser.add_argument("--data-scale", type=float, default=1.0, help="Multiplies the number of training documents.")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--condition-dropout", type=float, default=0.1)
+    parser.add_argument("--install", action="store_true", help="Copy the exported model into the package checkout.")
+    parser.add_argument("--clean", action="store_true", help="Delete the work directory first.")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clean and args.work_dir.exists():
+        shutil.rmtree(args.work_dir)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    log = log_to(args.work_dir)
+    for step in args.only or STEPS:
+        run_step(step, args.work_dir, args, log)
+
+
+if __name__ == "__main__":
+    main()
