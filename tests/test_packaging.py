@@ -19,7 +19,7 @@ def test_wheel_installs_only_the_dreamllm_package(tmp_path):
     subpackages = {path.name for path in (target / "dreamllm").iterdir() if (path / "__init__.py").is_file()}
     assert {"modeling_dreamllm", "processing", "pipelines", "conversion", "training"} <= subpackages
     shipped = {str(path.relative_to(target / "dreamllm" / "toy_model")) for path in (target / "dreamllm" / "toy_model").rglob("*")}
-    assert {"model.safetensors", "model_index.json", "unet/diffusion_pytorch_model.safetensors"} <= shipped
+    assert {"model.safetensors", "model_index.json", "chat_template.jinja", "unet/diffusion_pytorch_model.safetensors"} <= shipped
     probe = (
         "import dreamllm, transformers; "
         "from dreamllm import DreamLLMConfig, DreamLLMForCausalLM, DreamLLMModel, DreamLLMProcessor, "
