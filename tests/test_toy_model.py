@@ -86,3 +86,15 @@ def test_the_build_script_runs_every_step_and_resumes(tmp_path):
     assert posterior.std.max() < 1e-5  # the diffusion loss's posterior samples are the means the UNet learned
     rerun = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     assert rerun.stdout.count("done already") == 8
+
+
+def test_train_without_a_model_fine_tunes_the_toy_model(tmp_path):
+    data = toy_world.write_dataset(tmp_path / "data", "instruction_creation", 4, seed=7)
+    code = dreamllm_main(["train", "--data", str(data), "--output", str(tmp_path / "out"), "--stage", "3",
+                          "--max-steps", "3", "--batch-size", "2", "--save-steps", "100", "--learning-rate", "1e-3"])
+    assert code == 0
+    tuned, shipped = DreamLLMPipeline.from_pretrained(tmp_path / "out").model, DreamLLMPipeline.from_pretrained().model
+    assert tuned.num_parameters() == shipped.num_parameters()
+    assert not torch.equal(tuned.lm_head.weight, shipped.lm_head.weight)
+    for frozen, original in zip(tuned.model.vision_tower.parameters(), shipped.model.vision_tower.parameters()):
+        assert torch.equal(frozen, original)
