@@ -6,11 +6,12 @@ positions receive the learned dream queries, and the final-norm hidden states at
 `condition_dim`, condition a Stable Diffusion UNet (see `dreamllm.pipelines`).
 """
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, LlamaModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
@@ -18,6 +19,10 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_dreamllm import DreamLLMConfig
+
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+"""The name transformers gives the key/value cache in forward arguments and outputs: "past_key_values" up to 5.23,
+"cache" from 5.24 on. DreamLLM accepts both and returns the installed version's."""
 
 
 @dataclass
@@ -54,8 +59,9 @@ class DreamLLMCausalLMOutputWithPast(ModelOutput):
             Next-token cross-entropy over the labels that are not -100 (0 when every label is ignored).
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
             Next-token scores.
-        past_key_values (`Cache`, *optional*):
-            The key/value cache, returned when `use_cache=True`.
+        past_key_values / cache (`Cache`, *optional*):
+            The key/value cache, returned when `use_cache=True` (named as the installed transformers names it; see
+            `CACHE_ARGUMENT`).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             Embeddings plus each layer's output, returned when `output_hidden_states=True`.
         attentions (`tuple(torch.FloatTensor)`, *optional*):
@@ -68,7 +74,10 @@ class DreamLLMCausalLMOutputWithPast(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    if CACHE_ARGUMENT == "cache":
+        cache: Cache | None = None
+    else:
+        past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
@@ -108,7 +117,7 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_ARGUMENT]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -236,6 +245,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> DreamLLMModelOutputWithPast:
         """
@@ -246,7 +256,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
                 Token ids, with image and dream blocks expanded by the processor.
             pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`, *optional*):
                 One image per image block of `input_ids`, in row-major order.
-            attention_mask, position_ids, past_key_values, use_cache:
+            attention_mask, position_ids, past_key_values (or `cache`), use_cache:
                 As for `LlamaModel`. Without `position_ids`, positions continue from the cache length (padding is not
                 skipped); `generate` passes positions that skip padding.
             inputs_embeds (`torch.FloatTensor`, *optional*):
@@ -265,8 +275,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{CACHE_ARGUMENT: cache if cache is not None else past_key_values},
             **kwargs,
         )
         dream_conditions = None
@@ -276,7 +286,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             dream_conditions = self.project_dream_states(dream_states)
         return DreamLLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -331,6 +341,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> DreamLLMCausalLMOutputWithPast:
         """
@@ -352,6 +363,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            cache=cache,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
@@ -362,7 +374,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         return DreamLLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
@@ -433,7 +445,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
             input_ids=dream_ids,
             attention_mask=torch.cat([attention_mask, torch.ones_like(dream_ids)], dim=1),
             position_ids=dream_positions,
-            past_key_values=prompt_outputs.past_key_values,
+            cache=getattr(prompt_outputs, CACHE_ARGUMENT),
             use_cache=True,
         )
         return dream_outputs.dream_conditions
