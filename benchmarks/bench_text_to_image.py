@@ -21,9 +21,10 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from dreamllm import DreamLLMConfig, DreamLLMForCausalLM, DreamLLMPipeline, DreamLLMProcessor
+from dreamllm import DreamLLMForCausalLM, DreamLLMPipeline, DreamLLMProcessor
 from dreamllm.pipelines import default_scheduler
 from dreamllm.processing.tokenization_dreamllm import build_tiny_tokenizer
+from dreamllm.testing import config_for_tokenizer
 
 CONDITION_DIM = 256
 NUM_DREAM_QUERIES = 64
@@ -33,18 +34,13 @@ PROMPT = "A photo of an astronaut riding a horse on the moon, digital art, highl
 def build_pipeline(seed: int = 0) -> DreamLLMPipeline:
     """A random DreamLLM (Llama 256 wide, 4 layers; 256 image tokens), a 3-level UNet and a 4-level VAE (128 px)."""
     tokenizer = build_tiny_tokenizer()
-    special_ids = {name: getattr(tokenizer, name) for name in (
-        "image_token_id", "image_patch_token_id", "image_start_token_id", "image_end_token_id", "dream_token_id",
-        "dream_start_token_id", "dream_end_token_id")}
-    config = DreamLLMConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 256, "intermediate_size": 688,
-                     "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
-                     "max_position_embeddings": 2048, "bos_token_id": tokenizer.bos_token_id,
-                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+    config = config_for_tokenizer(
+        tokenizer,
+        text_config={"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
+                     "num_key_value_heads": 4, "max_position_embeddings": 2048},
         vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
                        "image_size": 64, "patch_size": 4, "projection_dim": 64},
-        num_dream_queries=NUM_DREAM_QUERIES, condition_dim=CONDITION_DIM, pad_token_id=tokenizer.pad_token_id,
-        **special_ids,
+        num_dream_queries=NUM_DREAM_QUERIES, condition_dim=CONDITION_DIM,
     )
     processor = DreamLLMProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}),

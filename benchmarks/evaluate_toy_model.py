@@ -125,8 +125,6 @@ def main():
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--picture", type=Path, help="also draw the README's example document into this PNG")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    np.random.seed(0)
     pipe = DreamLLMPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     results = {}

@@ -15,20 +15,38 @@ TINY_NUM_DREAM_QUERIES = 4
 TINY_CONDITION_DIM = 8
 
 
+def config_for_tokenizer(tokenizer, text_config: dict, vision_config: dict, **kwargs) -> DreamLLMConfig:
+    """
+    A DreamLLM config whose vocabulary and special-token ids (BOS, EOS, padding and the eight DreamLLM tokens) are
+    those of `tokenizer`; `text_config` and `vision_config` give the sizes, `kwargs` the other DreamLLM fields.
+    """
+    token_ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                 "pad_token_id": tokenizer.pad_token_id}
+    dreamllm_token_ids = {
+        name: getattr(tokenizer, name)
+        for name in ("image_token_id", "image_patch_token_id", "image_start_token_id", "image_end_token_id",
+                     "dream_token_id", "dream_start_token_id", "dream_end_token_id")
+    }
+    return DreamLLMConfig(
+        text_config={"vocab_size": len(tokenizer), **text_config, **token_ids},
+        vision_config=vision_config,
+        pad_token_id=tokenizer.pad_token_id,
+        **dreamllm_token_ids,
+        **kwargs,
+    )
+
+
 def tiny_config(tokenizer) -> DreamLLMConfig:
     """A DreamLLM config a few hundred thousand parameters big, with the special-token ids of `tokenizer`."""
-    return DreamLLMConfig(
+    return config_for_tokenizer(
+        tokenizer,
         text_config={
-            "vocab_size": len(tokenizer),
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
             "max_position_embeddings": 512,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
             "hidden_size": 16,
@@ -41,14 +59,6 @@ def tiny_config(tokenizer) -> DreamLLMConfig:
         },
         num_dream_queries=TINY_NUM_DREAM_QUERIES,
         condition_dim=TINY_CONDITION_DIM,
-        pad_token_id=tokenizer.pad_token_id,
-        image_token_id=tokenizer.image_token_id,
-        image_patch_token_id=tokenizer.image_patch_token_id,
-        image_start_token_id=tokenizer.image_start_token_id,
-        image_end_token_id=tokenizer.image_end_token_id,
-        dream_token_id=tokenizer.dream_token_id,
-        dream_start_token_id=tokenizer.dream_start_token_id,
-        dream_end_token_id=tokenizer.dream_end_token_id,
     )
 
 

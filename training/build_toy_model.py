@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPVisionModel
 
 from dreamllm.file_utils import atomic_directory
@@ -34,6 +35,10 @@ from dreamllm.training import toy_model, toy_world, train
 STEPS = ("vae", "vision", "unet", "assemble", "data", "dreamllm", "sft", "export")
 DATA_MIX = {"document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000}
 SFT_MIX = {"qa": 3000, "instruction_creation": 4000}
+DREAMLLM_STEPS = {  # step: (the folder it starts from, its training data, DreamLLM stage, share of --learning-rate)
+    "dreamllm": ("assemble", "data/pretraining/train.jsonl", 2, 1.0),
+    "sft": ("dreamllm", "data/instructions/train.jsonl", 3, 1 / 3),
+}
 
 
 def log_to(work_dir: Path):
@@ -72,8 +77,6 @@ def step_vision(work_dir: Path, args, log):
 
 
 def step_unet(work_dir: Path, args, log):
-    from diffusers import AutoencoderKL
-
     vae = AutoencoderKL.from_pretrained(work_dir / "vae")
     pictures = toy_model.ScenePictures.render(args.num_pictures, seed=3)
     torch.manual_seed(args.seed)
@@ -89,8 +92,6 @@ def step_unet(work_dir: Path, args, log):
 
 
 def step_assemble(work_dir: Path, args, log):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     return toy_model.assemble_pipeline(
         vae=AutoencoderKL.from_pretrained(work_dir / "vae"),
         unet=UNet2DConditionModel.from_pretrained(work_dir / "unet" / "unet"),
@@ -119,18 +120,24 @@ def step_data(output: Path, args, log):
     write_mix(output / "instructions", scaled(SFT_MIX), seed=200)
 
 
-def dreamllm_stage(model_dir: Path, data: Path, output: Path, args, stage: int, steps: int, learning_rate: float):
-    """Trains with `dreamllm.training.train`; an interrupted run resumes from its last checkpoint in `output`."""
+def dreamllm_stage(step: str, work_dir: Path, args):
+    """
+    Trains with `dreamllm.training.train` into `<step>.partial`, renamed to `<step>` when done; an interrupted run
+    resumes from its last checkpoint there.
+    """
+    start_folder, data, stage, learning_rate_share = DREAMLLM_STEPS[step]
+    steps = getattr(args, f"{step}_steps")
+    output = work_dir / f"{step}.partial"
     train(
-        model_dir,
-        data,
+        work_dir / start_folder,
+        work_dir / data,
         output,
         stage=stage,
         random_flip=False,
         resume_from_checkpoint=True if any(output.glob("checkpoint-*")) else None,
         condition_dropout=args.condition_dropout,
         max_steps=steps,
-        learning_rate=learning_rate,
+        learning_rate=args.learning_rate * learning_rate_share,
         warmup_steps=max(1, steps // 30),
         per_device_train_batch_size=args.batch_size,
         save_steps=max(50, steps // 4),
@@ -139,6 +146,7 @@ def dreamllm_stage(model_dir: Path, data: Path, output: Path, args, stage: int, 
         seed=args.seed,
         dataloader_num_workers=0,
     )
+    output.rename(work_dir / step)
 
 
 def run_step(step: str, work_dir: Path, args, log):
@@ -148,21 +156,13 @@ def run_step(step: str, work_dir: Path, args, log):
         return
     start = time.perf_counter()
     log(f"{step}: starting")
-    if step == "dreamllm":
-        partial = work_dir / "dreamllm.partial"
-        dreamllm_stage(work_dir / "assemble", work_dir / "data/pretraining/train.jsonl", partial, args, 2,
-                       args.dreamllm_steps, args.learning_rate)
-        partial.rename(output)
-    elif step == "sft":
-        partial = work_dir / "sft.partial"
-        dreamllm_stage(work_dir / "dreamllm", work_dir / "data/instructions/train.jsonl", partial, args, 3,
-                       args.sft_steps, args.learning_rate / 3)
-        partial.rename(output)
+    if step in DREAMLLM_STEPS:
+        dreamllm_stage(step, work_dir, args)
     elif step == "export":
-        DreamLLMPipeline.from_pretrained(work_dir / "sft").save_pretrained(output)
+        pipeline = DreamLLMPipeline.from_pretrained(work_dir / "sft")
+        pipeline.save_pretrained(output)
         if args.install:
-            with atomic_directory(TOY_MODEL_PATH) as staging:
-                shutil.copytree(output, staging, dirs_exist_ok=True)
+            pipeline.save_pretrained(TOY_MODEL_PATH)
             log(f"installed the exported model in {TOY_MODEL_PATH}")
     elif step == "data":
         with atomic_directory(output) as staging:

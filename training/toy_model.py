@@ -33,6 +33,7 @@ from dreamllm.pipelines import DreamLLMPipeline, default_scheduler
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.processing_dreamllm import VICUNA_V1_1_SYSTEM_MESSAGE
 from dreamllm.processing.tokenization_dreamllm import build_tiny_tokenizer
+from dreamllm.testing import config_for_tokenizer
 
 from . import toy_world
 
@@ -94,30 +95,19 @@ def toy_vision_config() -> CLIPVisionConfig:
 
 def toy_config(tokenizer) -> DreamLLMConfig:
     """A DreamLLM of about 2M parameters: a 4-layer Llama, the toy vision encoder, 4 dream queries of width 64."""
-    return DreamLLMConfig(
+    return config_for_tokenizer(
+        tokenizer,
         text_config={
-            "vocab_size": len(tokenizer),
             "hidden_size": 128,
             "intermediate_size": 384,
             "num_hidden_layers": 4,
             "num_attention_heads": 4,
             "num_key_value_heads": 4,
             "max_position_embeddings": 512,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config=toy_vision_config().to_dict(),
         num_dream_queries=NUM_DREAM_QUERIES,
         condition_dim=CONDITION_DIM,
-        pad_token_id=tokenizer.pad_token_id,
-        image_token_id=tokenizer.image_token_id,
-        image_patch_token_id=tokenizer.image_patch_token_id,
-        image_start_token_id=tokenizer.image_start_token_id,
-        image_end_token_id=tokenizer.image_end_token_id,
-        dream_token_id=tokenizer.dream_token_id,
-        dream_start_token_id=tokenizer.dream_start_token_id,
-        dream_end_token_id=tokenizer.dream_end_token_id,
     )
 
 
@@ -233,7 +223,7 @@ def train_loop(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0)))
     )
-    start, running = time.perf_counter(), 0.0
+    start, running, count = time.perf_counter(), 0.0, 0
     for step in range(1, steps + 1):
         loss = loss_fn(next(batches))
         optimizer.zero_grad(set_to_none=True)
@@ -241,10 +231,10 @@ def train_loop(
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        running += loss.item()
+        running, count = running + loss.item(), count + 1
         if step % max(1, steps // 20) == 0 or step == steps:
-            log(f"{name} step {step}/{steps} loss {running / max(1, steps // 20):.4f} ({time.perf_counter() - start:.0f} s)")
-            running = 0.0
+            log(f"{name} step {step}/{steps} loss {running / count:.4f} ({time.perf_counter() - start:.0f} s)")
+            running, count = 0.0, 0
 
 
 # -------------------------------------------------------------------------------------------------- VAE
