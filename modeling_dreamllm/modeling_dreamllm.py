@@ -317,6 +317,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = DreamLLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self._unconditional_cache: tuple[tuple, torch.FloatTensor] | None = None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:
@@ -411,8 +412,9 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         pixel_values: torch.FloatTensor | None = None,
     ) -> torch.FloatTensor:
         """
-        UNet conditions for an image that follows each prompt, as DreamLLM computes them for text-to-image: one pass
-        over the prompt, then one pass over a dream block (`<dream_start>`, the queries, `<dream_end>`) on its cache.
+        UNet conditions for an image that follows each prompt, as DreamLLM computes them for text-to-image: the
+        prompt followed by a dream block (`<dream_start>`, the queries, `<dream_end>`), in one pass (the original runs
+        the dream block on the prompt's cache; attention is causal, so the result is the same).
 
         Rows may be padded on either side: they are left-aligned and positioned from their first real token, so a
         row's condition does not depend on the other rows of the batch.
@@ -431,32 +433,61 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         input_ids, attention_mask = left_align(input_ids, attention_mask)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        prompt_outputs = self.model(
+        dream_ids = self.dream_block_ids(input_ids.shape[0], input_ids.device)
+        input_ids = torch.cat([input_ids, dream_ids], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(dream_ids)], dim=1)
+        outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
+            position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
         )
-        dream_ids = self.dream_block_ids(input_ids.shape[0], input_ids.device)
-        dream_positions = position_ids[:, -1:] + 1 + torch.arange(dream_ids.shape[1], device=input_ids.device)
-        dream_outputs = self.model(
-            input_ids=dream_ids,
-            attention_mask=torch.cat([attention_mask, torch.ones_like(dream_ids)], dim=1),
-            position_ids=dream_positions,
-            cache=getattr(prompt_outputs, CACHE_ARGUMENT),
-            use_cache=True,
-        )
-        return dream_outputs.dream_conditions
+        return outputs.dream_conditions
 
     def get_unconditional_dream_conditions(self, batch_size: int = 1) -> torch.FloatTensor:
         """
         The condition classifier-free guidance uses as "no prompt": the dream block after BOS alone (there is no
         learned null condition). Returns `(batch_size, num_dream_queries, condition_dim)`.
+
+        It depends on the weights alone, so without gradients it is computed once and reused until a parameter or
+        buffer changes (updated in place, replaced, moved or cast) or the autocast setting does. It is recomputed on
+        every call while gradients are on, in training mode, and for models holding PEFT adapter layers (which switch
+        on and off without touching a parameter).
         """
+        key = self.unconditional_cache_key()
+        if key is None:
+            return self.dream_conditions_after_bos().expand(batch_size, -1, -1)
+        if self._unconditional_cache is None or self._unconditional_cache[0] != key:
+            self._unconditional_cache = (key, self.dream_conditions_after_bos())
+        return self._unconditional_cache[1].repeat(batch_size, 1, 1)
+
+    def dream_conditions_after_bos(self) -> torch.FloatTensor:
+        """The dream block's conditions after BOS alone, `(1, num_dream_queries, condition_dim)`."""
         bos_ids = torch.tensor([[self.config.text_config.bos_token_id]], device=self.device)
-        return self.get_dream_conditions(bos_ids).expand(batch_size, -1, -1)
+        return self.get_dream_conditions(bos_ids)
+
+    def unconditional_cache_key(self) -> tuple | None:
+        """
+        What the unconditional condition depends on besides the config: the autocast setting and every parameter and
+        buffer (identity, in-place version, storage, dtype, device). `None` where it must not be cached: with gradients,
+        in training mode, with PEFT adapter layers, and with weights that live elsewhere (offloaded to the meta device,
+        sharded, or tensor subclasses such as quantized weights), whose changes the key cannot see.
+        """
+        if torch.is_grad_enabled() or self.training:
+            return None
+        device_type = self.device.type
+        key = [torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None]
+        for module in self.modules():
+            if type(module).__module__.startswith("peft."):
+                return None
+            for tensor in (*module._parameters.values(), *module._buffers.values()):
+                if tensor is None:
+                    continue
+                if type(tensor) not in (torch.Tensor, nn.Parameter) or tensor.is_meta or tensor.numel() == 0:
+                    return None
+                key.append((id(tensor), tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device))
+        return tuple(key)
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
         """Repeats each row's group of images with the row (beam search, `num_return_sequences`)."""

@@ -231,12 +231,13 @@ class DreamLLMPipeline(DiffusionPipeline):
         batch_size = prompt_embeds.shape[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, batch_size, device)
+        unet_dtype = self.unet.dtype
         if do_classifier_free_guidance:
-            negative_prompt_embeds = negative_prompt_embeds.to(device, self.unet.dtype)
+            negative_prompt_embeds = negative_prompt_embeds.to(device, unet_dtype)
             negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
         else:
             negative_prompt_embeds = None
-        prompt_embeds = prompt_embeds.to(device, self.unet.dtype).repeat_interleave(num_images_per_prompt, 0)
+        prompt_embeds = prompt_embeds.to(device, unet_dtype).repeat_interleave(num_images_per_prompt, 0)
         return prompt_embeds, negative_prompt_embeds
 
     def encode_negative_prompt(
@@ -471,10 +472,11 @@ class DreamLLMPipeline(DiffusionPipeline):
 
         The language model decodes on one key/value cache. When a row emits `<dream_start>`, its dream queries and
         `<dream_end>` run on the cache, the image is drawn with classifier-free guidance (the unconditional condition
-        is computed once per call), read back through the vision tower as `<im_start>` + features + `<im_end>` in one
-        cached pass, and decoding goes on: the prefix is never encoded again. Rows of a batch may draw at different
-        steps. Tokens the pipeline inserts itself (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_end>`, `<image>`,
-        `<dream>`, padding) are never sampled.
+        is computed at most once per call; without a negative prompt it is reused across calls while the weights stay
+        the same), read back through the vision tower as `<im_start>` + features + `<im_end>` in one cached pass,
+        and decoding goes on: the prefix is never encoded again. Rows of a batch may draw at different steps. Tokens
+        the pipeline inserts itself (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_end>`, `<image>`, `<dream>`,
+        padding) are never sampled.
 
         Args:
             prompt (`str`, `list[str]`, a conversation or a list of conversations):
