@@ -56,3 +56,27 @@ def replace_directory(source: Path, target: Path):
     os.replace(target, retired / target.name)
     os.replace(source, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def staging_folder(target: str | os.PathLike) -> Path:
+    """The staging folder `commit_model_files` moves from: beside `target`, at the same path on every process."""
+    target = Path(target).absolute()
+    return target.parent / f".{target.name}.partial"
+
+
+def commit_model_files(staging: Path, target: str | os.PathLike):
+    """
+    Moves the entries of a completely written `staging` folder into `target`, a folder that may hold other things
+    too (a Trainer's checkpoints), replacing their namesakes. The old files that make a folder loadable
+    (`MODEL_FOLDER_MARKERS`) are removed first and the new ones moved last, so an interrupted commit leaves a folder
+    that does not load rather than a mix of two models.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for marker in MODEL_FOLDER_MARKERS:
+        (target / marker).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda path: path.name in MODEL_FOLDER_MARKERS):
+        if entry.is_dir():
+            replace_directory(entry, target / entry.name)
+        else:
+            os.replace(entry, target / entry.name)

@@ -86,6 +86,7 @@ def test_adapter_folder_holds_adapter_processor_and_card(trained):
     assert "model.safetensors" not in files and "unet" not in files
     card = (trained.folder / "README.md").read_text()
     assert "library_name: peft" in card and "- dreamllm" in card and f'from_pretrained("{trained.base}")' in card
+    assert f'load_adapter("{trained.folder}")' in card  # the folder it was saved to, not the staging folder
 
 
 def test_adapter_loads_with_peft_and_with_load_adapter_and_merges(trained):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from folders import folder_files
 from huggingface_hub import CommitInfo, HfApi, RepoUrl
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
@@ -122,6 +123,21 @@ def test_loading_errors_name_the_problem(saved, tmp_path):
     (broken / "model_index.json").write_text(json.dumps({**model_index, "scheduler": ["diffusers", "AutoencoderKL"]}))
     with pytest.raises(ValueError, match="AutoencoderKL for scheduler, which is not a SchedulerMixin"):
         DreamLLMPipeline.from_pretrained(broken, model=object(), processor=object(), unet=object(), vae=object())
+
+
+def test_a_failed_save_leaves_the_saved_folder_as_it_was(original, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    original.save_pretrained(folder)
+    saved = folder_files(folder)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(original.vae, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        original.save_pretrained(folder)
+    assert folder_files(folder) == saved
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]  # no staging folder left
 
 
 def test_push_to_hub_uploads_the_folder_with_a_model_card(original, monkeypatch):

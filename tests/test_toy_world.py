@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from folders import folder_files
 from PIL import Image
 
 from dreamllm.training import toy_world as tw
@@ -13,10 +14,6 @@ from dreamllm.training import toy_world as tw
 
 def _read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # ----------------------------------------------------------------------------------------- rendering
@@ -173,9 +170,9 @@ def test_qa_answers_are_correct(tmp_path):
 def test_writer_is_deterministic(tmp_path):
     for run in ("a", "b"):
         tw.write_dataset(tmp_path / run, "document", 8, seed=7)
-    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert folder_files(tmp_path / "a") == folder_files(tmp_path / "b")
     tw.write_dataset(tmp_path / "c", "document", 8, seed=8)
-    assert _files(tmp_path / "a") != _files(tmp_path / "c")
+    assert folder_files(tmp_path / "a") != folder_files(tmp_path / "c")
 
 
 def test_samples_do_not_depend_on_how_many_are_written(tmp_path):

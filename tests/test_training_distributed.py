@@ -1,5 +1,5 @@
 """Data-parallel training: `accelerate launch` runs two CPU processes (gloo) for a few steps; they see different
-documents and end with identical weights.
+documents, end with identical weights, and save one pipeline folder.
 
 Run as a script, this file is the worker each process executes.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamllm import DreamLLMPipeline
 from dreamllm.testing import tiny_pipeline
 from dreamllm.training import JsonlDocumentDataset, build_trainer, dreamllm_training_arguments
 
@@ -46,6 +47,10 @@ def test_two_processes_train_in_sync(tmp_path):
         assert torch.equal(value, ranks[1]["parameters"][name]), name
     initial = tiny_pipeline(0).model.state_dict()
     assert not torch.equal(ranks[0]["parameters"]["model.dream_projector.weight"], initial["model.dream_projector.weight"])
+    saved = DreamLLMPipeline.from_pretrained(tmp_path / "run").model  # written once, by the main process
+    for name, value in saved.named_parameters():
+        assert torch.equal(value, ranks[0]["parameters"][name]), name
+    assert not list(tmp_path.glob(".*.partial"))
 
     seen = [set(result["documents"]) for result in ranks]
     assert len(seen[0]) == len(seen[1]) == STEPS * BATCH_SIZE
@@ -83,6 +88,7 @@ def run_worker(workdir: Path):
         "log_history": trainer.state.log_history,
     }
     torch.save(result, workdir / f"rank{trainer.args.process_index}.pt")
+    trainer.save_pretrained()
 
 
 if __name__ == "__main__":

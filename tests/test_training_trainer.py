@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from folders import folder_files
 from transformers import TrainerCallback
 
 from dreamllm import DreamLLMPipeline
@@ -189,6 +190,31 @@ def test_saved_training_output_loads_as_a_pipeline(tmp_path, dataset):
         pipeline.model.model.language_model.embed_tokens.weight,
         reference.model.model.language_model.embed_tokens.weight, rtol=0, atol=0,
     )
+
+
+def test_saving_keeps_the_checkpoints_and_a_failed_save_keeps_the_previous_model(tmp_path, dataset, monkeypatch):
+    output = tmp_path / "run"
+    trainer = make_trainer(output, dataset, stage=1, save_strategy="steps", save_steps=1)
+    trainer.train()
+    trainer.save_pretrained()  # into the output folder, beside the Trainer's checkpoints
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    saved = folder_files(output)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    with torch.no_grad():
+        trainer.model.model.dream_projector.weight.add_(1.0)
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.diffusion_objective.vae, "save_pretrained", disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            trainer.save_pretrained()
+    assert folder_files(output) == saved
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no staging folder left
+
+    trainer.save_pretrained()
+    reloaded = DreamLLMPipeline.from_pretrained(output).model.model.dream_projector.weight
+    torch.testing.assert_close(reloaded, trainer.model.model.dream_projector.weight, rtol=0, atol=0)
 
 
 def test_diffusion_objective_follows_the_scheduler_prediction_type():

@@ -5,6 +5,8 @@ keeps the Trainer's gradient accumulation, mixed precision, gradient checkpointi
 """
 
 import os
+import shutil
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -12,6 +14,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from peft import PeftModel
 from transformers import Trainer
 
+from dreamllm.file_utils import commit_model_files, staging_folder
 from dreamllm.pipelines import DreamLLMPipeline
 
 from .diffusion import DiffusionObjective
@@ -166,23 +169,43 @@ class DreamLLMTrainer(Trainer):
         [`DreamLLMPipeline`] folder (model and processor at the top, `unet/`, `vae/`, `scheduler/` and
         `model_index.json` beside them); a PEFT model becomes an adapter folder with the processor and a model card,
         for `PeftModel.from_pretrained` or `model.load_adapter`.
+
+        The files are written to a staging folder beside `output_dir` and moved in once complete, the files that make
+        the folder loadable last: a failed or interrupted save never leaves a half-written model, and the Trainer's
+        checkpoints in `output_dir` stay.
         """
-        output_dir = str(output_dir or self.args.output_dir)
-        self.save_model(output_dir)
-        if not self.args.should_save:
-            return
+        output_dir = Path(output_dir or self.args.output_dir).absolute()
+        staging = staging_folder(output_dir)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
+        self.accelerator.wait_for_everyone()
+        try:
+            self.save_model(str(staging))
+            if self.args.should_save:
+                self.save_loading_files(staging, output_dir)
+                commit_model_files(staging, output_dir)
+        finally:
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def save_loading_files(self, folder: Path, final_dir: Path):
+        """
+        Adds what loading the model saved in `folder` (bound for `final_dir`) needs beside its weights: an adapter's
+        model card, or the pipeline's diffusion components.
+        """
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, PeftModel):
-            write_adapter_model_card(output_dir, model.peft_config[model.active_adapter].base_model_name_or_path)
+            base_model = model.peft_config[model.active_adapter].base_model_name_or_path
+            write_adapter_model_card(folder, base_model, repo_id=str(final_dir))
         else:
-            self.save_diffusion_components(model, output_dir)
+            self.save_diffusion_components(model, folder)
 
-    def save_diffusion_components(self, model, output_dir: str):
+    def save_diffusion_components(self, model, output_dir: Path):
         """Writes `unet/`, `vae/`, `scheduler/` and the pipeline's `model_index.json` beside a saved model."""
         objective = self.diffusion_objective
-        objective.unet.save_pretrained(os.path.join(output_dir, "unet"))
-        objective.vae.save_pretrained(os.path.join(output_dir, "vae"))
-        objective.scheduler.save_pretrained(os.path.join(output_dir, "scheduler"))
+        objective.unet.save_pretrained(output_dir / "unet")
+        objective.vae.save_pretrained(output_dir / "vae")
+        objective.scheduler.save_pretrained(output_dir / "scheduler")
         pipeline = DreamLLMPipeline(
             model=model,
             processor=self.processing_class,
