@@ -14,8 +14,10 @@ the Stable Diffusion UNet, VAE and scheduler in `unet/`, `vae/` and `scheduler/`
 
 ## Usage
 
+Install the `dreamllm` package from its source (it is not on PyPI; run this in a checkout):
+
 ```bash
-pip install dreamllm
+pip install .
 ```
 
 ```python
