@@ -172,6 +172,23 @@ def test_progress_bar_follows_its_config(pipe):
     assert stream.getvalue() == before
 
 
+def test_model_cpu_offload_hooks_every_component_and_changes_no_output(pipe):
+    """diffusers' offloading follows `model_cpu_offload_seq` (run here with the CPU as the execution device)."""
+    def outputs():
+        image = pipe.text_to_image("a cat", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                                   output_type="np").images
+        document = pipe("draw", sequence_bias={(pipe.model.config.dream_start_token_id,): 50.0}, max_images=1,
+                        max_new_tokens=4, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+        return image, document.text, np.asarray(document.images[0][0])
+
+    plain = outputs()
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert all(hasattr(getattr(pipe, name), "_hf_hook") for name in pipe.model_cpu_offload_seq.split("->"))
+    offloaded = outputs()
+    assert np.array_equal(offloaded[0], plain[0]) and offloaded[1] == plain[1]
+    assert np.array_equal(offloaded[2], plain[2])
+
+
 @pytest.mark.parametrize("scheduler_class", [DDIMScheduler, EulerDiscreteScheduler])
 def test_any_diffusers_scheduler_draws(pipe, scheduler_class):
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
