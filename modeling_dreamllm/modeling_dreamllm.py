@@ -451,9 +451,10 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         learned null condition). Returns `(batch_size, num_dream_queries, condition_dim)`.
 
         It depends on the weights alone, so without gradients it is computed once and reused until a parameter or
-        buffer changes (updated in place, replaced, moved or cast) or the autocast setting does. It is recomputed on
-        every call while gradients are on, in training mode, and for models holding PEFT adapter layers (which switch
-        on and off without touching a parameter).
+        buffer changes (updated in place, replaced, moved or cast) or the autocast setting does; in-place writes to
+        `parameter.data`, which bypass PyTorch's version counter, are not seen. It is recomputed on every call while
+        gradients are on, in training mode, and for models holding PEFT adapter layers (which switch on and off
+        without touching a parameter).
         """
         key = self.unconditional_cache_key()
         if key is None:
