@@ -4,12 +4,10 @@ Each document has the same number of sampled tokens; a logits bias makes the mod
 only the number of images changes. The language model is hooked to count the positions it processes. Without
 re-encoding, the count is
 
-    prompt + sampled tokens - 1 + k x (queries + <dream_end> + image block)
+    unconditional pass (BOS + dream block) + prompt + sampled tokens - 1 + k x (queries + <dream_end> + image block)
 
-(the last sampled token is never fed): linear in k, with nothing processed twice. The unconditional condition of
-guidance (BOS + dream block) depends on the weights alone: the warm-up call computes it, later calls reuse it. A
-pipeline that re-encoded the document after every image would instead process the whole prefix again k times; the
-last column shows that count.
+(the last sampled token is never fed): linear in k, with nothing processed twice. A pipeline that re-encoded the
+document after every image would instead process the whole prefix again k times; the last column shows that count.
 
 `python benchmarks/bench_interleaved.py [--tokens 48] [--steps 10] [--repeats 3] [--threads 1]`.
 """
@@ -55,6 +53,7 @@ def main():
         lambda module, hook_args, kwargs: positions.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
     )
     prompt_length = len(pipe.processor(text=pipe.prepare_document_prompts(PROMPT, None, True)[0]).input_ids[0])
+    unconditional = 1 + config.num_dream_queries + 2
     spacing = args.tokens // 5
 
     def write(num_images: int) -> float:
@@ -78,7 +77,7 @@ def main():
         seconds = min(write(num_images) for _ in range(args.repeats))
         positions.clear()
         write(num_images)
-        expected = prompt_length + args.tokens - 1 + num_images * block
+        expected = unconditional + prompt_length + args.tokens - 1 + num_images * block
         prefixes = [prompt_length + spacing * (index + 1) + (index + 1) * block for index in range(num_images)]
         baseline = baseline or seconds
         per_image = (seconds - baseline) / num_images if num_images else 0.0

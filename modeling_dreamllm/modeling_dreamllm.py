@@ -317,7 +317,6 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = DreamLLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        self._unconditional_cache: tuple[tuple, torch.FloatTensor] | None = None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:
@@ -449,46 +448,9 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         """
         The condition classifier-free guidance uses as "no prompt": the dream block after BOS alone (there is no
         learned null condition). Returns `(batch_size, num_dream_queries, condition_dim)`.
-
-        It depends on the weights alone, so without gradients it is computed once and reused until a parameter or
-        buffer changes (updated in place, replaced, moved or cast) or the autocast setting does; in-place writes to
-        `parameter.data`, which bypass PyTorch's version counter, are not seen. It is recomputed on every call while
-        gradients are on, in training mode, and for models holding PEFT adapter layers (which switch on and off
-        without touching a parameter).
         """
-        key = self.unconditional_cache_key()
-        if key is None:
-            return self.dream_conditions_after_bos().expand(batch_size, -1, -1)
-        if self._unconditional_cache is None or self._unconditional_cache[0] != key:
-            self._unconditional_cache = (key, self.dream_conditions_after_bos())
-        return self._unconditional_cache[1].repeat(batch_size, 1, 1)
-
-    def dream_conditions_after_bos(self) -> torch.FloatTensor:
-        """The dream block's conditions after BOS alone, `(1, num_dream_queries, condition_dim)`."""
         bos_ids = torch.tensor([[self.config.text_config.bos_token_id]], device=self.device)
-        return self.get_dream_conditions(bos_ids)
-
-    def unconditional_cache_key(self) -> tuple | None:
-        """
-        What the unconditional condition depends on besides the config: the autocast setting and every parameter and
-        buffer (identity, in-place version, storage, dtype, device). `None` where it must not be cached: with gradients,
-        in training mode, with PEFT adapter layers, and with weights that live elsewhere (offloaded to the meta device,
-        sharded, or tensor subclasses such as quantized weights), whose changes the key cannot see.
-        """
-        if torch.is_grad_enabled() or self.training:
-            return None
-        device_type = self.device.type
-        key = [torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None]
-        for module in self.modules():
-            if type(module).__module__.startswith("peft."):
-                return None
-            for tensor in (*module._parameters.values(), *module._buffers.values()):
-                if tensor is None:
-                    continue
-                if type(tensor) not in (torch.Tensor, nn.Parameter) or tensor.is_meta or tensor.numel() == 0:
-                    return None
-                key.append((id(tensor), tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device))
-        return tuple(key)
+        return self.get_dream_conditions(bos_ids).expand(batch_size, -1, -1)
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
         """Repeats each row's group of images with the row (beam search, `num_return_sequences`)."""

@@ -472,11 +472,10 @@ class DreamLLMPipeline(DiffusionPipeline):
 
         The language model decodes on one key/value cache. When a row emits `<dream_start>`, its dream queries and
         `<dream_end>` run on the cache, the image is drawn with classifier-free guidance (the unconditional condition
-        is computed at most once per call; without a negative prompt it is reused across calls while the weights stay
-        the same), read back through the vision tower as `<im_start>` + features + `<im_end>` in one cached pass,
-        and decoding goes on: the prefix is never encoded again. Rows of a batch may draw at different steps. Tokens
-        the pipeline inserts itself (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_end>`, `<image>`, `<dream>`,
-        padding) are never sampled.
+        is computed once per call), read back through the vision tower as `<im_start>` + features + `<im_end>` in one
+        cached pass, and decoding goes on: the prefix is never encoded again. Rows of a batch may draw at different
+        steps. Tokens the pipeline inserts itself (`<im_start>`, `<im_patch>`, `<im_end>`, `<dream_end>`, `<image>`,
+        `<dream>`, padding) are never sampled.
 
         Args:
             prompt (`str`, `list[str]`, a conversation or a list of conversations):

@@ -1,7 +1,6 @@
 import pytest
 import torch
 from accelerate import infer_auto_device_map
-from peft import LoraConfig, get_peft_model
 from PIL import Image
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
@@ -230,61 +229,6 @@ def test_unconditional_conditions_are_the_dream_block_after_bos_alone(tiny):
         expected = model.get_dream_conditions(empty)
     assert unconditional.shape == (3, model.config.num_dream_queries, model.config.condition_dim)
     assert torch.equal(unconditional[2], expected[0])
-
-
-def count_language_model_passes(model) -> list:
-    passes = []
-    model.model.register_forward_hook(lambda module, args, output: passes.append(1))
-    return passes
-
-
-def test_unconditional_conditions_are_computed_once_until_the_weights_change(tiny):
-    model, _ = tiny
-    passes = count_language_model_passes(model)
-    with torch.no_grad():
-        first = model.get_unconditional_dream_conditions()
-        first.mul_(0)  # the caller's copy: the cached value stays intact
-        second = model.get_unconditional_dream_conditions(batch_size=2)
-        assert len(passes) == 1
-        torch.testing.assert_close(second, model.dream_conditions_after_bos().expand(2, -1, -1), rtol=0, atol=0)
-
-        next(model.model.language_model.layers[0].parameters()).add_(0.1)  # in place, as an optimizer step
-        updated = model.get_unconditional_dream_conditions()
-        assert len(passes) == 3 and not torch.allclose(updated, second[:1])
-        torch.testing.assert_close(updated, model.dream_conditions_after_bos(), rtol=0, atol=0)
-
-        model.to(torch.float64)
-        assert model.get_unconditional_dream_conditions().dtype == torch.float64
-
-
-def test_unconditional_conditions_are_recomputed_with_gradients_and_in_training(tiny):
-    model, _ = tiny
-    passes = count_language_model_passes(model)
-    unconditional = model.get_unconditional_dream_conditions()
-    assert unconditional.requires_grad
-    model.train()
-    with torch.no_grad():
-        model.get_unconditional_dream_conditions(), model.get_unconditional_dream_conditions()
-    assert len(passes) == 3
-
-
-def test_unconditional_conditions_are_not_cached_for_weights_that_live_elsewhere(tiny):
-    model, _ = tiny
-    with torch.no_grad():
-        assert model.unconditional_cache_key() is not None
-        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight, device="meta"))  # offloaded
-        assert model.unconditional_cache_key() is None
-
-
-def test_unconditional_conditions_follow_lora_adapters_switched_on_and_off(tiny):
-    model, _ = tiny
-    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    with torch.no_grad():
-        adapted = lora.get_unconditional_dream_conditions()
-        with lora.disable_adapter():
-            base = lora.get_unconditional_dream_conditions()
-        assert not torch.allclose(adapted, base)
-        torch.testing.assert_close(lora.get_unconditional_dream_conditions(), adapted, rtol=0, atol=0)
 
 
 # --- generation ------------------------------------------------------------------------------------------------------
