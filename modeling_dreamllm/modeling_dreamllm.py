@@ -235,6 +235,27 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             )
         return inputs_embeds, layout, image_features
 
+    def unused_modules_zero_term(
+        self, layout: BlockLayout | None, image_features: torch.FloatTensor | None
+    ) -> torch.FloatTensor:
+        """
+        A scalar that is exactly zero but depends on every module the batch did not use: the vision tower and vision
+        projector (run on one blank image) when it holds no image, the dream queries and dream projector when it holds
+        no dream block. Added to the outputs in training, it gives those parameters zero gradients, so that every
+        process of a sharded run (FSDP, ZeRO) runs the same modules and collectives whatever its batch holds.
+        """
+        projector_weight = self.vision_projector.weight
+        zero_term = projector_weight.new_zeros(())
+        if image_features is None:
+            vision_config = self.config.vision_config
+            blank_image = projector_weight.new_zeros(
+                1, vision_config.num_channels, vision_config.image_size, vision_config.image_size
+            )
+            zero_term = zero_term + self.get_image_features(blank_image).sum() * 0.0
+        if layout is None or not layout.num_dream_blocks:
+            zero_term = zero_term + self.project_dream_states(self.dream_queries.weight).sum() * 0.0
+        return zero_term
+
     @can_return_tuple
     def forward(
         self,
@@ -262,6 +283,10 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             inputs_embeds (`torch.FloatTensor`, *optional*):
                 Ready-made embeddings instead of `input_ids`; blocks are then not located, so no images can be given
                 and no dream conditions are returned.
+
+        In training mode with gradients enabled, the vision tower and projector and the dream queries and projector
+        run on every call, contributing exactly zero when the batch holds no image or no dream block (see
+        `unused_modules_zero_term`); in evaluation or under `torch.no_grad` nothing extra runs.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
@@ -279,13 +304,16 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             **{CACHE_ARGUMENT: cache if cache is not None else past_key_values},
             **kwargs,
         )
+        last_hidden_state = outputs.last_hidden_state
+        if self.training and torch.is_grad_enabled():
+            last_hidden_state = last_hidden_state + self.unused_modules_zero_term(layout, image_features)
         dream_conditions = None
         if layout is not None and layout.num_dream_blocks:
-            dream_states = outputs.last_hidden_state[layout.dream_patch_mask.to(outputs.last_hidden_state.device)]
+            dream_states = last_hidden_state[layout.dream_patch_mask.to(last_hidden_state.device)]
             dream_states = dream_states.view(layout.num_dream_blocks, self.config.num_dream_queries, -1)
             dream_conditions = self.project_dream_states(dream_states)
         return DreamLLMModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
+            last_hidden_state=last_hidden_state,
             **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
