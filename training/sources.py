@@ -202,11 +202,10 @@ class WebDatasetReader(ShardReader):
         return [str(file) for file in self.files]
 
     def read(self, shard, position):
-        from webdataset.tariterators import group_by_keys, tar_file_expander
+        from webdataset.tariterators import tarfile_samples
 
         skip = position or 0
-        samples = group_by_keys(tar_file_expander([{"url": shard}]))
-        for count, sample in enumerate(samples, start=1):
+        for count, sample in enumerate(tarfile_samples([{"url": shard}]), start=1):
             if count <= skip:
                 continue
             yield count, *self.example(sample, Path(shard).parent)
@@ -241,7 +240,8 @@ class HFDatasetReader(ShardReader):
     def dataset(self):
         """The dataset as a `datasets.IterableDataset` (loaded on first use, in the process that reads it)."""
         if self._dataset is None:
-            self._dataset = self.load().decode(False)
+            dataset = self.load()
+            self._dataset = dataset.decode(False) if dataset.features is not None else dataset
         return self._dataset
 
     def load(self):
