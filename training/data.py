@@ -305,13 +305,6 @@ def next_image(image_iter):
     return image
 
 
-def record_images(record: dict) -> list:
-    """Every image value of a record, in order (used to check and resolve image files)."""
-    if "segments" in record:
-        return [value for kind, value in map(parse_segment, record["segments"]) if kind == "image"]
-    return parse_messages(record["messages"])[0]
-
-
 def map_record_images(record: dict, function) -> dict:
     """A copy of `record` with `function` applied to every image value."""
     if "segments" in record:

@@ -21,6 +21,7 @@ twice, none is skipped, and the following batches are those of the uninterrupted
 """
 
 import copy
+import hashlib
 import logging
 from collections import Counter
 
@@ -46,11 +47,10 @@ COUNTED = ("documents", "truncated", *SKIP_REASONS)
 STATE_VERSION = 1
 
 
-def seed_of(*numbers: int) -> int:
-    """A 63-bit seed depending on every number (the same on every process and after resuming)."""
-    from .trainer import derived_seed
-
-    return derived_seed(*numbers)
+def derived_seed(*numbers: int) -> int:
+    """A 63-bit seed that depends on every number given (the same on every process and after resuming)."""
+    digest = hashlib.blake2b(repr(numbers).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class DocumentStream(torch.utils.data.IterableDataset):
@@ -134,7 +134,7 @@ class SourceCursor:
 
     def my_shards(self, epoch: int) -> list[tuple[object, int]]:
         """This reader's `(shard, stride offset)` pairs for `epoch`; a stride offset of -1 reads the whole shard."""
-        generator = torch.Generator().manual_seed(seed_of(self.stream.seed, self.index, epoch))
+        generator = torch.Generator().manual_seed(derived_seed(self.stream.seed, self.index, epoch))
         order = [self.all_shards[i] for i in torch.randperm(len(self.all_shards), generator=generator).tolist()]
         if len(order) >= self.num_slots:
             return [(shard, -1) for shard in order[self.slot :: self.num_slots]]
@@ -232,7 +232,7 @@ class DocumentStreamIterator:
     def fill_block(self):
         """Reads the examples of the current block and its permutation (from the block-start cursors)."""
         size = self.stream.shuffle_buffer
-        seed = seed_of(self.stream.seed, self.slot, self.block_index)
+        seed = derived_seed(self.stream.seed, self.slot, self.block_index)
         choices = torch.multinomial(self.weights, size, replacement=True, generator=torch.Generator().manual_seed(seed))
         examples = []
         for choice in choices.tolist():
@@ -251,7 +251,7 @@ class DocumentStreamIterator:
                 continue
             position = self.emitted
             self.emitted += 1
-            document = self.prepare(*self.block[position], seed_of(self.stream.seed, self.slot, self.block_index, position))
+            document = self.prepare(*self.block[position], derived_seed(self.stream.seed, self.slot, self.block_index, position))
             if document is not None:
                 return document
 

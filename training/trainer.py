@@ -7,7 +7,6 @@ care of unused modules; the unconditional pass of condition dropout is a row of 
 the same collectives on every rank.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from dreamllm.pipelines import DreamLLMPipeline
 
 from .diffusion import DiffusionObjective
 from .lora import write_adapter_model_card
-from .streaming import COUNTED, DocumentStream, skipped_counts
+from .streaming import COUNTED, DocumentStream, derived_seed, skipped_counts
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +36,6 @@ DATA_STATE_NAME = "data_state-rank{rank}.json"
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 CHECKPOINT_STAGING_PATTERN = re.compile(rf"^\.{PREFIX_CHECKPOINT_DIR}-\d+\.partial$")
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def derived_seed(*numbers: int) -> int:
-    """A 63-bit seed that depends on every number given (for draws that must be the same after resuming)."""
-    digest = hashlib.blake2b(repr(numbers).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def checkpoint_step(folder: Path) -> int | None:
