@@ -1,13 +1,25 @@
-"""Writing model folders atomically: a folder appears complete or not at all."""
+"""Writing model folders atomically: a folder appears complete or not at all.
+
+A folder `out` is written in `.out.partial` beside it. Once complete, the staging folder is renamed `.out.new`, the old
+`out` (if any) `.out.old`, and `.out.new` becomes `out`; `.out.old` is then removed. A crash at any point leaves
+folders from which [`recover_directory`] (run before every new write of `out`) completes the replacement or rolls it
+back: an interrupted write is discarded, a complete new folder is moved in, the old one restored only if no complete
+new one exists. Folders are created with `mkdir`, so they get the permissions of the process's umask.
+"""
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 MODEL_FOLDER_MARKERS = ("model_index.json", "config.json", "adapter_config.json")
+STAGING, COMPLETE, RETIRED = ".partial", ".new", ".old"
+
+
+def sibling(target: Path, suffix: str) -> Path:
+    """The hidden folder `.<name><suffix>` beside `target` (`suffix` is one of `.partial`, `.new`, `.old`)."""
+    return target.parent / f".{target.name}{suffix}"
 
 
 @contextmanager
@@ -17,15 +29,17 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = True) -> Itera
     when it raises the staging folder is removed and `target` is left as it was.
 
     An existing `target` is replaced only when `overwrite` is true and it is empty or holds a saved model (a
-    `model_index.json`, `config.json` or `adapter_config.json`), so unrelated files are never deleted.
+    `model_index.json`, `config.json` or `adapter_config.json`), so unrelated files are never deleted. A replacement
+    of `target` interrupted earlier (a killed process) is completed or rolled back first (see [`recover_directory`]).
 
     Raises:
         `FileExistsError`: when `target` exists and may not be replaced.
     """
     target = Path(target).absolute()
+    recover_directory(target)
     check_replaceable(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    staging = staging_folder(target)
+    staging.mkdir(parents=True)
     try:
         yield staging
         check_replaceable(target, overwrite)
@@ -48,20 +62,45 @@ def check_replaceable(target: Path, overwrite: bool):
 
 
 def replace_directory(source: Path, target: Path):
-    """Moves `source` to `target`, swapping out an existing `target` (removed only once the new one is in place)."""
-    if not target.exists():
-        os.replace(source, target)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, retired / target.name)
-    os.replace(source, target)
+    """
+    Moves the complete folder `source` to `target`, swapping out an existing `target` (removed only once the new one is
+    in place). Every step is a rename within `target`'s parent, so a crash between steps is repaired by
+    [`recover_directory`].
+    """
+    complete, retired = sibling(target, COMPLETE), sibling(target, RETIRED)
+    shutil.rmtree(complete, ignore_errors=True)
+    os.replace(source, complete)
+    if target.exists():
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(target, retired)
+    os.replace(complete, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def recover_directory(target: str | os.PathLike):
+    """
+    Repairs what an interrupted write or replacement of `target` left beside it: the staging folder of a write that
+    never finished is removed; a complete new folder (`.<name>.new`) becomes `target`; an old folder (`.<name>.old`)
+    is restored when `target` is missing and nothing newer is complete, and removed otherwise. Does nothing when no
+    write of `target` was interrupted.
+    """
+    target = Path(target).absolute()
+    shutil.rmtree(staging_folder(target), ignore_errors=True)
+    complete, retired = sibling(target, COMPLETE), sibling(target, RETIRED)
+    if complete.is_dir():
+        if target.exists():
+            shutil.rmtree(retired, ignore_errors=True)
+            os.replace(target, retired)
+        os.replace(complete, target)
+    elif retired.is_dir() and not target.exists():
+        os.replace(retired, target)
     shutil.rmtree(retired, ignore_errors=True)
 
 
 def staging_folder(target: str | os.PathLike) -> Path:
-    """The staging folder `commit_model_files` moves from: beside `target`, at the same path on every process."""
+    """The staging folder of `target`: beside it, at the same path on every process."""
     target = Path(target).absolute()
-    return target.parent / f".{target.name}.partial"
+    return sibling(target, STAGING)
 
 
 def commit_model_files(staging: Path, target: str | os.PathLike):
@@ -77,6 +116,7 @@ def commit_model_files(staging: Path, target: str | os.PathLike):
         (target / marker).unlink(missing_ok=True)
     for entry in sorted(staging.iterdir(), key=lambda path: path.name in MODEL_FOLDER_MARKERS):
         if entry.is_dir():
+            recover_directory(target / entry.name)
             replace_directory(entry, target / entry.name)
         else:
             os.replace(entry, target / entry.name)

@@ -295,6 +295,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             inputs_embeds, layout, image_features = self.embed_multimodal_inputs(input_ids, pixel_values)
         elif pixel_values is not None:
             raise ValueError("pixel_values need input_ids to locate their image blocks; inputs_embeds was given")
+        if self.training and torch.is_grad_enabled():  # before the language model, where images are embedded
+            inputs_embeds = inputs_embeds + self.unused_modules_zero_term(layout, image_features)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -305,8 +307,6 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             **kwargs,
         )
         last_hidden_state = outputs.last_hidden_state
-        if self.training and torch.is_grad_enabled():
-            last_hidden_state = last_hidden_state + self.unused_modules_zero_term(layout, image_features)
         dream_conditions = None
         if layout is not None and layout.num_dream_blocks:
             dream_states = last_hidden_state[layout.dream_patch_mask.to(last_hidden_state.device)]

@@ -43,9 +43,19 @@ def test_full_training_writes_a_pipeline_and_resumes(tmp_path, base, data, capsy
     initial = tiny_pipeline(0).model.model.dream_projector.weight
     assert not torch.equal(pipeline.model.model.dream_projector.weight, initial)
 
+    (output / "checkpoint-9").mkdir()  # not a complete checkpoint (no trainer state): skipped
+    (output / ".checkpoint-4.partial").mkdir()  # what a run killed while saving leaves
     assert train(*common, "--max-steps", "3", "--resume") == 0
     state = json.loads((output / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and state["log_history"][0]["step"] == 1
+    assert (output / "checkpoint-3" / "data_state-rank0.json").is_file()
+    assert not (output / ".checkpoint-4.partial").exists()
+
+    assert train(*common, "--max-steps", "3", "--resume") == 0  # at max-steps already: trains no further
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == [f"checkpoint-{i}" for i in (1, 2, 3, 9)]
+    resumed = DreamLLMPipeline.from_pretrained(output).model.model.dream_projector.weight
+    checkpoint = DreamLLMForCausalLM.from_pretrained(output / "checkpoint-3").model.dream_projector.weight
+    torch.testing.assert_close(resumed, checkpoint, rtol=0, atol=0)
 
 
 def test_lora_instruction_tuning_writes_an_adapter(tmp_path, base, data):
@@ -55,6 +65,32 @@ def test_lora_instruction_tuning_writes_an_adapter(tmp_path, base, data):
     model = PeftModel.from_pretrained(DreamLLMForCausalLM.from_pretrained(base), output)
     assert model.peft_config["default"].r == 4
     assert not (output / "unet").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        ("--max-steps", "0", "max_steps must be a positive integer, got 0"),
+        ("--max-steps", "-1", "max_steps must be a positive integer, got -1"),
+        ("--gradient-accumulation-steps", "0", "gradient_accumulation_steps must be a positive integer"),
+        ("--batch-size", "0", "per_device_train_batch_size must be a positive integer"),
+        ("--save-steps", "-5", "save_steps must be a positive integer"),
+        ("--logging-steps", "0", "logging_steps must be a positive integer"),
+        ("--lora-rank", "0", "lora_rank must be a positive integer"),
+        ("--num-workers", "-1", "dataloader_num_workers must be a non-negative integer"),
+        ("--shuffle-buffer", "0", "shuffle_buffer must be a positive integer"),
+        ("--seed", "-3", "seed must be an integer in [0, 2**32)"),
+        ("--learning-rate", "nan", "learning_rate must be a finite positive number"),
+        ("--learning-rate", "0", "learning_rate must be a finite positive number"),
+        ("--condition-dropout", "1.5", "condition_dropout must be in [0, 1]"),
+    ],
+)
+def test_numeric_options_are_checked_before_any_work(tmp_path, data, capsys, option, value, expected):
+    assert train("--model", tmp_path / "not-loaded", "--data", data["document"], "--output", tmp_path / "out",
+                 option, value) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("dreamllm train: error:") and expected in error
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

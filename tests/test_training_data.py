@@ -104,11 +104,31 @@ def test_unusable_documents_raise_document_errors(processor):
     for record in ({"segments": []}, {"segments": [{"text": ""}]}, {"messages": [{"role": "user", "content": "hi"}]}):
         with pytest.raises(DocumentError, match="empty document"):
             encoder(record)
-    with pytest.raises(DocumentError, match="longer than the context"):
-        encoder({"segments": [{"text": "a rather long sentence"}]})
+    long_question = {"messages": [{"role": "user", "content": "a rather long question " * 4}, {"role": "assistant", "content": "yes"}]}
+    with pytest.raises(DocumentError, match="longer than the context"):  # the answer is past the context
+        encoder(long_question)
     for text in ("a <image>", "b</s>", "<dream_start>"):
         with pytest.raises(DocumentError, match="special token in text"):
             encoder({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": text}]})
+
+
+def test_long_documents_are_truncated_dropping_the_images_that_no_longer_fit(processor, picture):
+    tokenizer = processor.tokenizer
+    record = {"segments": [{"text": "A red cat."}, {"image": picture}, {"text": "It sleeps on a mat all day long."}]}
+    full = DocumentEncoder(processor)(record)
+    (start, end, has_dream), = full.image_units
+    assert has_dream and full.input_ids[start] == tokenizer.dream_start_token_id
+
+    keeps_image = DocumentEncoder(processor, max_length=end + 3)(record)
+    assert keeps_image.truncated and len(keeps_image.input_ids) == end + 3
+    assert keeps_image.input_ids[: end + 2] == full.input_ids[: end + 2]
+    assert keeps_image.input_ids[-1] == keeps_image.labels[-1] == tokenizer.eos_token_id
+    assert keeps_image.images == [picture] and keeps_image.dream_images == [picture]
+
+    drops_image = DocumentEncoder(processor, max_length=end - 5)(record)  # the image's blocks do not fit: all dropped
+    assert drops_image.input_ids == full.input_ids[:start] + [tokenizer.eos_token_id]
+    assert drops_image.images == drops_image.dream_images == [] and drops_image.truncated
+    assert DocumentEncoder(processor, max_length=len(full.input_ids))(record).truncated is False
 
 
 def write_jsonl(path, records):
@@ -116,36 +136,23 @@ def write_jsonl(path, records):
     return path
 
 
-def test_dataset_skips_unusable_documents_with_counts(tmp_path, processor, picture):
-    (tmp_path / "images").mkdir()
-    picture.save(tmp_path / "images" / "ok.png")
-    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
-    records = [
-        {"segments": [{"text": "A cat."}, {"image": "images/ok.png"}]},
-        {"segments": [{"text": "A dog."}, {"image": "images/missing.png"}]},
-        {"segments": [{"image": "images/broken.png"}, {"text": "A bird."}]},
-        {"segments": []},
-        {"segments": [{"text": "x" * 300}]},
-        {"segments": [{"text": "A <dream> here."}]},
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
-    ]
-    dataset = JsonlDocumentDataset(write_jsonl(tmp_path / "data.jsonl", records), processor, max_length=200)
-    assert len(dataset) == 2
-    assert dataset.skipped == {
-        "missing image": 1, "unreadable image": 1, "empty document": 1, "document longer than the context": 1,
-        "special token in text": 1,
-    }
-    item = dataset[0]
-    assert isinstance(item["segments"][1]["image"], Image.Image)
-
-
-def test_dataset_rejects_malformed_lines_and_empty_files(tmp_path, processor):
+def test_jsonl_dataset_is_lazy_and_names_the_line_of_a_bad_item(tmp_path, processor, picture):
+    picture.save(tmp_path / "ok.png")
     path = tmp_path / "data.jsonl"
-    path.write_text('{"segments": [{"text": "fine"}]}\n{"segments": [\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"data.jsonl:2"):
-        JsonlDocumentDataset(path, processor)
-    with pytest.raises(ValueError, match="no usable document"):
-        JsonlDocumentDataset(write_jsonl(path, [{"segments": []}]), processor)
+    path.write_text(
+        '{"segments": [{"text": "fine"}, {"image": "ok.png"}]}\n\n{"segments": [\n{"segments": [{"image": "gone.png"}]}\n',
+        encoding="utf-8",
+    )
+    dataset = JsonlDocumentDataset(path, processor)
+    assert len(dataset) == 3  # blank lines are not documents; nothing was parsed yet
+    document = dataset[0]
+    assert isinstance(document.images[0], Image.Image) and document.dream_images == document.images
+    with pytest.raises(ValueError, match=r"data.jsonl:3: not a DreamLLM document"):
+        dataset[1]
+    with pytest.raises(DocumentError, match="missing image"):
+        dataset[2]
+    with pytest.raises(ValueError, match="holds no document"):
+        JsonlDocumentDataset(write_jsonl(path, []), processor)
     with pytest.raises(FileNotFoundError):
         JsonlDocumentDataset(tmp_path / "absent.jsonl", processor)
 
@@ -204,6 +211,6 @@ def test_toy_world_samples_load_and_collate(tmp_path, processor):
     for kind in toy_world.SAMPLE_KINDS:
         path = toy_world.write_dataset(tmp_path, kind, 3, seed=0)
         dataset = JsonlDocumentDataset(path, processor)
-        assert len(dataset) == 3 and not dataset.skipped
+        assert len(dataset) == 3
         batch = collator([dataset[index] for index in range(3)])
         assert (batch["labels"] != IGNORE).any()

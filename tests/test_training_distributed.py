@@ -75,7 +75,7 @@ def run_worker(workdir: Path):
     collate = trainer.data_collator
 
     def collate_and_record(records):
-        documents.extend(hashlib.sha1(record["segments"][1]["image"].tobytes()).hexdigest() for record in records)
+        documents.extend(hashlib.sha1(document.images[0].tobytes()).hexdigest() for document in records)
         return collate(records)
 
     trainer.data_collator = collate_and_record

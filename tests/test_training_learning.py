@@ -67,7 +67,7 @@ def test_training_lowers_both_losses_and_teaches_where_images_go(tmp_path):
     assert not predicted_dream[(targets != dream_start) & (targets != IGNORE)].any()
     # Free generation after a document's first sentence starts an image.
     for index in range(4):
-        prompt = dataset.records[index]["segments"][0]["text"]
+        prompt = dataset.record(index)["segments"][0]["text"]
         input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         generated = model.generate(input_ids=input_ids, max_new_tokens=1, do_sample=False)
         assert generated[0, -1].item() == dream_start

@@ -78,21 +78,35 @@ def test_loss_is_the_weighted_sum_of_both_parts_and_both_are_logged(tmp_path, da
     assert logged["diffusion_loss"] == pytest.approx(diffusion.item(), rel=1e-5)
 
 
-def test_condition_dropout_trains_the_unconditional_condition_of_guidance(tmp_path, dataset):
-    trainer = make_trainer(tmp_path, dataset, condition_dropout=1.0)
-    model = trainer.model.train()
+def test_condition_dropout_runs_the_unconditional_pass_inside_the_forward(tmp_path, dataset):
+    batch_rows, conditions_seen = [], []
+
+    def trainer_with(dropout):
+        trainer = make_trainer(tmp_path, dataset, condition_dropout=dropout)
+        model, objective = trainer.model.train(), trainer.diffusion_objective
+        forward = model.forward
+        model.forward = lambda **inputs: batch_rows.append(inputs["input_ids"].shape[0]) or forward(**inputs)
+        trainer.diffusion_objective = lambda conditions, pixels: conditions_seen.append(conditions) or objective(conditions, pixels)
+        return trainer, model
+
+    trainer, model = trainer_with(1.0)
     batch = trainer.data_collator([dataset[0], dataset[1]])
-    outputs = model(**{key: value for key, value in batch.items() if key != "diffusion_pixel_values"})
-    num_blocks = outputs.dream_conditions.shape[0]
-    unconditional = model.get_unconditional_dream_conditions(num_blocks)
-    dropped = trainer.drop_conditions(model, outputs.dream_conditions)
-    torch.testing.assert_close(dropped, unconditional)
-    assert not torch.equal(dropped, outputs.dream_conditions)
-    dropped.sum().backward()
+    trainer.compute_loss(model, batch).backward()
+    num_blocks = batch["diffusion_pixel_values"].shape[0]
+    assert batch_rows == [3]  # the two documents and the unconditional sequence, in one pass of the model
+    with torch.no_grad():
+        unconditional = model.get_unconditional_dream_conditions(num_blocks)
+    torch.testing.assert_close(conditions_seen[0], unconditional, rtol=1e-5, atol=1e-6)
     assert model.model.dream_queries.weight.grad.abs().sum() > 0
     assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
-    kept = make_trainer(tmp_path, dataset).drop_conditions(model, outputs.dream_conditions)
-    assert kept is outputs.dream_conditions
+
+    trainer, model = trainer_with(0.0)
+    batch_rows.clear(), conditions_seen.clear()
+    outputs = model(**{key: value for key, value in batch.items() if key != "diffusion_pixel_values"})
+    batch_rows.clear()
+    trainer.compute_loss(model, batch)
+    assert batch_rows == [2]
+    torch.testing.assert_close(conditions_seen[0], outputs.dream_conditions)
     with pytest.raises(ValueError, match="condition_dropout must be in"):
         make_trainer(tmp_path, dataset, condition_dropout=1.5)
 

@@ -1,4 +1,5 @@
-"""Training DreamLLM: JSON Lines data and its collator, the two-part objective, stage presets, LoRA, and a Trainer.
+"""Training DreamLLM: streamed, mixed corpora and their collator, the two-part objective, stage presets, LoRA, and a
+Trainer.
 
 `dreamllm.training.toy_world` (the synthetic toy-world data generator) is imported on its own, not from here.
 """
@@ -13,6 +14,8 @@ from .data import (
     diffusion_resolution,
 )
 from .diffusion import DiffusionDraws, DiffusionObjective
+from .sources import DataSource
+from .streaming import DocumentStream
 from .lora import adapter_model_card, apply_lora, dreamllm_lora_config, push_adapter_to_hub, write_adapter_model_card
 from .stages import STAGES, TrainingStage, apply_stage, get_stage
 from .train import build_trainer, dreamllm_training_arguments, prepare_model_for_training, train
@@ -20,11 +23,13 @@ from .trainer import DreamLLMTrainer
 
 __all__ = [
     "STAGES",
+    "DataSource",
     "DiffusionDraws",
     "DiffusionImageTransform",
     "DiffusionObjective",
     "DocumentEncoder",
     "DocumentError",
+    "DocumentStream",
     "DreamLLMDataCollator",
     "DreamLLMTrainer",
     "EncodedDocument",

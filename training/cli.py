@@ -1,12 +1,26 @@
-"""`dreamllm train`: train a saved DreamLLM on a JSON Lines file (full weights or a LoRA adapter)."""
+"""`dreamllm train`: train a saved DreamLLM on streamed, mixed corpora (full weights or a LoRA adapter)."""
 
 import argparse
+import logging
 
 
 def add_arguments(parser: argparse.ArgumentParser):
     """Adds the `train` options to `parser`."""
     parser.add_argument("--model", help="a saved DreamLLMPipeline folder or Hub repo id (default: the built-in toy model)")
-    parser.add_argument("--data", required=True, help="JSON Lines file of documents (segments or messages)")
+    parser.add_argument(
+        "--data", required=True, action="extend", nargs="+", metavar="[READER:]PATH[@WEIGHT]",
+        help="training data: JSON Lines files, webdataset .tar shards, a datasets folder or parquet/arrow/json files "
+        "(globs and quoted brace patterns allowed; READER jsonl, webdataset or hf forces one, hf:NAME is a Hub "
+        "dataset); several sources are mixed by WEIGHT (default 1)",
+    )
+    parser.add_argument("--image-folder", help="folder that image names in the data are relative to "
+                        "(default: the folder of each data file)")
+    parser.add_argument("--pairs", choices=("random", "creation", "comprehension"), default="random",
+                        help="what image-text pairs teach (default random: either, with probability 1/2)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loading worker processes per process (default 0)")
+    parser.add_argument("--shuffle-buffer", type=int, default=1000, help="examples per shuffled block (default 1000)")
+    parser.add_argument("--save-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="dtype of the saved weights (default float32)")
     parser.add_argument("--output", required=True, help="folder for checkpoints and the trained model")
     parser.add_argument("--stage", type=int, choices=(1, 2, 3), default=2,
                         help="1: projectors and dream queries; 2: + language model; 3: instruction tuning (default 2)")
@@ -24,34 +38,46 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--condition-dropout", type=float, default=0.0, metavar="P",
                         help="train the unconditional condition of guidance on a fraction P of images (default 0)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                        help="resume from CHECKPOINT, or from the latest checkpoint in --output")
+                        help="resume from CHECKPOINT, or from the newest complete checkpoint in --output")
 
 
 def run(args: argparse.Namespace) -> int:
     """Trains as `args` say and saves the result in `args.output`; returns the exit status."""
     from accelerate import PartialState
 
-    from dreamllm.training import train
+    from dreamllm.training import DataSource, train
+    from dreamllm.training.train import check_numbers
 
     optional = {"learning_rate": args.learning_rate} if args.learning_rate is not None else {}
+    numbers = {
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "save_steps": args.save_steps,
+        "logging_steps": args.logging_steps,
+        "seed": args.seed,
+        "dataloader_num_workers": args.num_workers,
+        **optional,
+    }
+    check_numbers(lora_rank=args.lora_rank, shuffle_buffer=args.shuffle_buffer,
+                  condition_dropout=args.condition_dropout, **numbers)
+    sources = [DataSource.parse(spec, image_folder=args.image_folder, pairs=args.pairs) for spec in args.data]
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("dreamllm").setLevel(logging.INFO)
     output = train(
         model=args.model,
-        data=args.data,
+        data=sources,
         output_dir=args.output,
         stage=args.stage,
         lora=args.lora,
         lora_rank=args.lora_rank,
         resume_from_checkpoint=args.resume,
         condition_dropout=args.condition_dropout,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        seed=args.seed,
+        shuffle_buffer=args.shuffle_buffer,
+        save_dtype=args.save_dtype,
         bf16=args.bf16,
         activation_checkpointing=args.gradient_checkpointing,
-        save_steps=args.save_steps,
-        logging_steps=args.logging_steps,
-        **optional,
+        **numbers,
     )
     if PartialState().is_main_process:
         kind = "LoRA adapter (PeftModel.from_pretrained)" if args.lora else "pipeline (DreamLLMPipeline.from_pretrained)"

@@ -22,11 +22,11 @@ How a document becomes tokens and labels (DreamLLM's rules):
   everything outside the assistant turns (system message, user turns, the `ASSISTANT:` prompts) is ignored.
 """
 
+import io
 import json
 import logging
 import os
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +41,14 @@ from dreamllm.processing import DreamLLMProcessor
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+IMAGE_TYPES = (str, os.PathLike, bytes, PIL.Image.Image)
 
 
 class DocumentError(ValueError):
     """
-    A well-formed document that cannot be trained on. `reason` says why: "empty document", "document longer than
-    the context", "special token in text", "missing image" or "unreadable image".
+    A record that cannot be trained on. `reason` says why: "empty document", "document longer than the context"
+    (nothing learnable fits), "special token in text", "missing image", "unreadable image", "missing field" (a record
+    of no known layout) or "malformed record".
     """
 
     def __init__(self, reason: str, detail: str):
@@ -62,14 +64,21 @@ class EncodedDocument:
     Args:
         input_ids (`list[int]`): Token ids from `<s>` to `</s>`, with image and dream blocks expanded.
         labels (`list[int]`): Targets (-100 = ignored), aligned with `input_ids` (the model shifts them).
-        images (`list`): The picture of every image block, in order (paths or `PIL.Image.Image`).
+        images (`list`): The picture of every image block, in order (paths, bytes or `PIL.Image.Image`).
         dream_images (`list`): The picture of every dream block, in order: the diffusion targets.
+        image_units (`list[tuple[int, int, bool]]`): Start, end and "has a dream block" of each image's blocks.
+        seed (`int`, *optional*): Seed of this document's random draws in the collator (flips); a stream sets it
+            so that draws do not depend on batching or resumption.
+        truncated (`bool`): Whether the document was cut to the context length.
     """
 
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     images: list = field(default_factory=list)
     dream_images: list = field(default_factory=list)
+    image_units: list[tuple[int, int, bool]] = field(default_factory=list)
+    seed: int | None = None
+    truncated: bool = False
 
     def add_text(self, token_ids: Sequence[int], label_ids: Sequence[int]):
         self.input_ids.extend(token_ids)
@@ -77,11 +86,28 @@ class EncodedDocument:
 
     def add_image(self, image, image_block: list[int], dream_block: list[int] | None):
         """Appends the dream block (when `dream_block` is given) then the image block of `image`."""
+        start = len(self.input_ids)
         if dream_block is not None:
             self.add_text(dream_block, [dream_block[0]] + [IGNORE_INDEX] * (len(dream_block) - 1))
             self.dream_images.append(image)
         self.add_text(image_block, [IGNORE_INDEX] * len(image_block))
         self.images.append(image)
+        self.image_units.append((start, len(self.input_ids), dream_block is not None))
+
+    def truncate(self, max_length: int, eos_token_id: int):
+        """
+        Cuts the document to `max_length` tokens, `</s>` last: text is cut at the token, and an image (its dream
+        block and image block together) that no longer fits is dropped with everything after it, as the original
+        DreamLLM data pipeline did. The final `</s>` is a target when the token before it is one.
+        """
+        cut = max_length - 1
+        kept = [unit for unit in self.image_units if unit[1] <= cut]
+        if len(kept) < len(self.image_units):
+            cut = min(cut, self.image_units[len(kept)][0])
+        self.input_ids = self.input_ids[:cut] + [eos_token_id]
+        self.labels = self.labels[:cut] + [eos_token_id if self.labels[cut - 1] != IGNORE_INDEX else IGNORE_INDEX]
+        num_dreams = sum(has_dream for _, _, has_dream in kept)
+        self.images, self.dream_images, self.image_units = self.images[: len(kept)], self.dream_images[:num_dreams], kept
 
 
 class DocumentEncoder:
@@ -90,7 +116,9 @@ class DocumentEncoder:
 
     Args:
         processor ([`DreamLLMProcessor`]): Gives the tokenizer, the block lengths and the chat template.
-        max_length (`int`, *optional*): Longest document accepted, in tokens; longer ones raise a [`DocumentError`].
+        max_length (`int`, *optional*): Context length, in tokens. Longer documents are truncated (see
+            [`EncodedDocument.truncate`]; `truncated` is set); one with nothing left to learn after truncation raises a
+            [`DocumentError`].
     """
 
     def __init__(self, processor: DreamLLMProcessor, max_length: int | None = None):
@@ -216,10 +244,14 @@ class DocumentEncoder:
         document.add_text([eos], [eos])
 
     def check_length(self, document: EncodedDocument):
-        if self.max_length is not None and len(document.input_ids) > self.max_length:
-            raise DocumentError(
-                "document longer than the context", f"{len(document.input_ids)} tokens > {self.max_length}"
-            )
+        """Truncates a document longer than `max_length`; raises a [`DocumentError`] if nothing learnable is left."""
+        if self.max_length is None or len(document.input_ids) <= self.max_length:
+            return
+        length = len(document.input_ids)
+        document.truncate(self.max_length, self.tokenizer.eos_token_id)
+        document.truncated = True
+        if not any(label != IGNORE_INDEX for label in document.labels[1:-1]) and not document.dream_images:
+            raise DocumentError("document longer than the context", f"{length} tokens, nothing to learn in the first {self.max_length}")
 
 
 def parse_segment(segment) -> tuple[str, object]:
@@ -228,7 +260,7 @@ def parse_segment(segment) -> tuple[str, object]:
         (kind, value), = segment.items()
         if kind == "text" and isinstance(value, str):
             return kind, value
-        if kind == "image" and isinstance(value, (str, os.PathLike, PIL.Image.Image)):
+        if kind == "image" and isinstance(value, IMAGE_TYPES):
             return kind, value
     raise ValueError(f'a segment is {{"text": str}} or {{"image": path}}, got {segment!r:.80}')
 
@@ -259,7 +291,7 @@ def parse_content_item(item) -> tuple[str, object]:
         return "text", item["text"]
     if isinstance(item, dict) and item.get("type") == "image":
         image = item.get("image")
-        if isinstance(image, (str, os.PathLike, PIL.Image.Image)):
+        if isinstance(image, IMAGE_TYPES):
             return "image", image
     raise ValueError(
         f'a content item is {{"type": "text", "text": str}} or {{"type": "image", "image": path}}, got {item!r:.80}'
@@ -271,13 +303,6 @@ def next_image(image_iter):
     if image is None:
         raise ValueError("the rendered conversation has more image placeholders than image items")
     return image
-
-
-def record_images(record: dict) -> list:
-    """Every image value of a record, in order (used to check and resolve image files)."""
-    if "segments" in record:
-        return [value for kind, value in map(parse_segment, record["segments"]) if kind == "image"]
-    return parse_messages(record["messages"])[0]
 
 
 def map_record_images(record: dict, function) -> dict:
@@ -295,91 +320,109 @@ def map_record_images(record: dict, function) -> dict:
 
 
 def load_image(image) -> PIL.Image.Image:
-    """An RGB image from a path or a PIL image; a `ValueError` naming the file when it cannot be read."""
+    """
+    An RGB image from a PIL image, a path or encoded bytes; a [`DocumentError`] ("missing image" or "unreadable
+    image", a `ValueError`) naming it when it cannot be read.
+    """
     if isinstance(image, PIL.Image.Image):
         return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray)):
+        source, name = io.BytesIO(image), f"an image of {len(image)} bytes"
+    else:
+        source = name = Path(image)
+        if not source.is_file():
+            raise DocumentError("missing image", str(source))
     try:
-        with PIL.Image.open(image) as opened:
+        with PIL.Image.open(source) as opened:
             return opened.convert("RGB")
-    except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read image {image}: {error}") from error
-
-
-def check_image_file(path: Path):
-    """Raises a [`DocumentError`] when `path` is missing or is not a readable image."""
-    if not path.is_file():
-        raise DocumentError("missing image", str(path))
-    try:
-        with PIL.Image.open(path) as image:
-            image.verify()
     except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
-        raise DocumentError("unreadable image", f"{path} ({error})") from error
+        raise DocumentError("unreadable image", f"{name} ({error})") from error
+
+
+def line_offsets(path: Path, block_size: int = 1 << 22) -> np.ndarray:
+    """Byte offsets of the non-empty lines of a text file: one pass, 8 bytes per line, nothing parsed."""
+    starts, position, previous = [], 0, b"\n"
+    with path.open("rb") as file:
+        while block := file.read(block_size):
+            data = np.frombuffer(block, dtype=np.uint8)
+            newlines = np.flatnonzero(data == 10)
+            candidates = np.concatenate([[0] if previous == b"\n" else [], newlines + 1]).astype(np.int64)
+            candidates = candidates[candidates < len(data)]
+            starts.append(candidates[~np.isin(data[candidates], (10, 13))] + position)
+            position += len(data)
+            previous = block[-1:]
+    return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
 
 
 class JsonlDocumentDataset(torch.utils.data.Dataset):
     """
-    The documents of a JSON Lines file (see the module docstring), checked up front.
+    The documents of a JSON Lines file (see the module docstring) as a map-style dataset, read lazily: construction
+    only indexes where the lines start (one pass over the bytes, 8 bytes per document); item `i` parses line `i`,
+    lays it out with the processor and loads its images, as an [`EncodedDocument`] for [`DreamLLMDataCollator`].
 
-    Lines that are not documents (invalid JSON, unknown structure) raise a `ValueError` naming the line. Documents
-    that cannot be trained on (empty, longer than `max_length`, with special tokens in their text, with a missing or
-    unreadable image) are skipped and counted by reason in `skipped`; a warning sums them up. Items are the records with image
-    paths made absolute and the images loaded, ready for [`DreamLLMDataCollator`].
+    Items that cannot be trained on raise: a `ValueError` naming the line for a malformed one, a [`DocumentError`]
+    for an unusable one. `dreamllm train` reads through [`DocumentStream`] instead, which skips and counts them.
 
     Args:
-        path (`str` or `os.PathLike`): The JSON Lines file.
+        path (`str` or `os.PathLike`): The JSON Lines file; image paths in it are relative to its folder.
         processor ([`DreamLLMProcessor`]): Tokenizer and block lengths, to lay the documents out.
-        max_length (`int`, *optional*): Longest document kept, in tokens.
+        max_length (`int`, *optional*): Context length; longer documents are truncated.
 
     Raises:
-        `FileNotFoundError`: when `path` does not exist.
-        `ValueError`: on a malformed line, or when no document is usable.
+        `FileNotFoundError`: when `path` does not exist. `ValueError`: when it holds no line.
     """
 
     def __init__(self, path: str | os.PathLike, processor: DreamLLMProcessor, max_length: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no data file at {self.path}")
-        encoder = DocumentEncoder(processor, max_length=max_length)
-        self.records: list[dict] = []
-        self.skipped: Counter = Counter()
-        with self.path.open(encoding="utf-8") as lines:
-            for line_number, line in enumerate(lines, start=1):
-                if line.strip():
-                    self.add_line(line, line_number, encoder)
-        self.report_skipped()
+        self.offsets = line_offsets(self.path)
+        if not len(self.offsets):
+            raise ValueError(f"{self.path} holds no document")
+        self.encoder = DocumentEncoder(processor, max_length=max_length)
 
-    def add_line(self, line: str, line_number: int, encoder: DocumentEncoder):
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def record(self, index: int) -> dict:
+        """The record of line `index` as written, parsed; a `ValueError` naming the line if it is not JSON."""
+        with self.path.open("rb") as file:
+            file.seek(int(self.offsets[index]))
+            line = file.readline()
         try:
-            record = json.loads(line)
-            encoder(record)
-            record = map_record_images(record, self.resolve_image_path)
-            for image in record_images(record):
-                check_image_file(image)
-        except DocumentError as error:
-            self.skipped[error.reason] += 1
-            logger.debug("%s:%d skipped: %s", self.path, line_number, error)
-            return
+            return json.loads(line)
         except ValueError as error:
-            raise ValueError(f"{self.path}:{line_number}: not a DreamLLM document: {error}") from error
-        self.records.append(record)
+            raise ValueError(f"{self.path}:{self.line_number(index)}: not a DreamLLM document: {error}") from error
+
+    def line_number(self, index: int) -> int:
+        with self.path.open("rb") as file:
+            return file.read(int(self.offsets[index])).count(b"\n") + 1
+
+    def __getitem__(self, index: int) -> EncodedDocument:
+        record = self.record(index)
+        try:
+            document = self.encoder(map_record_images(record, self.resolve_image_path))
+            return load_document_images(document)
+        except DocumentError:
+            raise
+        except ValueError as error:
+            raise ValueError(f"{self.path}:{self.line_number(index)}: not a DreamLLM document: {error}") from error
 
     def resolve_image_path(self, image) -> Path:
         if not isinstance(image, (str, os.PathLike)):
             raise ValueError(f"images in a JSON Lines file are paths, got {image!r:.80}")
         return self.path.parent / image
 
-    def report_skipped(self):
-        if self.skipped:
-            counts = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
-            logger.warning("%s: skipped %d document(s): %s", self.path, sum(self.skipped.values()), counts)
-        if not self.records:
-            raise ValueError(f"{self.path} holds no usable document (skipped: {dict(self.skipped) or 'none'})")
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict:
-        return map_record_images(self.records[index], load_image)
+def load_document_images(document: EncodedDocument) -> EncodedDocument:
+    """Loads every image of `document` (a [`DocumentError`] names one that is missing or unreadable)."""
+    loaded = {}
+    for image in document.images + document.dream_images:
+        if id(image) not in loaded:
+            loaded[id(image)] = load_image(image)
+    document.images = [loaded[id(image)] for image in document.images]
+    document.dream_images = [loaded[id(image)] for image in document.dream_images]
+    return document
 
 
 class DiffusionImageTransform:
@@ -414,7 +457,8 @@ class DiffusionImageTransform:
 
 class DreamLLMDataCollator:
     """
-    Builds DreamLLM training batches from document records (segments or messages, images as paths or PIL images).
+    Builds DreamLLM training batches from document records (segments or messages, images as paths, bytes or PIL
+    images) or from [`EncodedDocument`]s.
 
     Each record is laid out by [`DocumentEncoder`]; rows are padded on the right (`[PAD]`, attention 0, label -100).
     The batch holds `input_ids`, `attention_mask`, `labels`, and when present `pixel_values` (one per image block,
@@ -445,16 +489,27 @@ class DreamLLMDataCollator:
         self.random_flip = random_flip
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
-        documents = [self.encoder(record) for record in records]
+    def __call__(self, documents: list[dict | EncodedDocument]) -> dict[str, torch.Tensor]:
+        """A batch of `documents`: records, laid out here, or [`EncodedDocument`]s, laid out already."""
+        documents = [self.encoder(item) if isinstance(item, dict) else item for item in documents]
         batch = self.pad([document.input_ids for document in documents], [document.labels for document in documents])
         images = [load_image(image) for document in documents for image in document.images]
         if images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         dream_images = [load_image(image) for document in documents for image in document.dream_images]
         if dream_images:
-            batch["diffusion_pixel_values"] = self.diffusion_targets(dream_images)
+            batch["diffusion_pixel_values"] = self.diffusion_targets(dream_images, self.flips(documents))
         return batch
+
+    def flips(self, documents: list[EncodedDocument]) -> list[bool]:
+        """Whether to flip each diffusion target: drawn per document from its seed when it has one."""
+        if not self.random_flip:
+            return [False] * sum(len(document.dream_images) for document in documents)
+        flips = []
+        for document in documents:
+            generator = self.generator if document.seed is None else torch.Generator().manual_seed(document.seed)
+            flips += (torch.rand(len(document.dream_images), generator=generator) < 0.5).tolist()
+        return flips
 
     def pad(self, input_ids: list[list[int]], labels: list[list[int]]) -> dict[str, torch.Tensor]:
         length = max(len(ids) for ids in input_ids)
@@ -470,11 +525,10 @@ class DreamLLMDataCollator:
             batch["labels"][row, : len(ids)] = torch.tensor(row_labels)
         return batch
 
-    def diffusion_targets(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+    def diffusion_targets(self, images: list[PIL.Image.Image], flips: list[bool]) -> torch.Tensor:
         if self.diffusion_transform is None:
             raise ValueError("the documents hold images to create: pass diffusion_resolution to the collator")
-        flips = torch.rand(len(images), generator=self.generator) < 0.5 if self.random_flip else [False] * len(images)
-        return torch.stack([self.diffusion_transform(image, bool(flip)) for image, flip in zip(images, flips)])
+        return torch.stack([self.diffusion_transform(image, flip) for image, flip in zip(images, flips)])
 
 
 def diffusion_resolution(unet, vae) -> int:
@@ -490,4 +544,5 @@ __all__ = [
     "EncodedDocument",
     "JsonlDocumentDataset",
     "diffusion_resolution",
+    "load_image",
 ]
