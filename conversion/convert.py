@@ -19,7 +19,7 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from transformers.utils.hub import convert_file_size_to_int
 
 from dreamllm.file_utils import atomic_directory
-from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
+from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM, plain_generation_settings
 from dreamllm.pipelines import DreamLLMPipeline
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.tokenization_dreamllm import convert_original_tokenizer
@@ -283,6 +283,7 @@ def write_configs(pipeline: DreamLLMPipeline, generation_config: GenerationConfi
     model_config.architectures = [type(pipeline.model).__name__]
     model_config.dtype = dtype
     model_config.save_pretrained(folder)
+    generation_config.update(**plain_generation_settings(model_config, generation_config))
     generation_config.save_pretrained(folder)
     pipeline.processor.save_pretrained(folder)
     pipeline.unet.save_config(folder / "unet")

@@ -8,6 +8,8 @@ from .modeling_dreamllm import (
     DreamLLMModelOutputWithPast,
     DreamLLMPreTrainedModel,
     DreamQueries,
+    drawing_eos_token_ids,
+    plain_generation_settings,
 )
 
 __all__ = [
@@ -18,4 +20,6 @@ __all__ = [
     "DreamLLMModelOutputWithPast",
     "DreamLLMPreTrainedModel",
     "DreamQueries",
+    "drawing_eos_token_ids",
+    "plain_generation_settings",
 ]

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, LlamaModel, PreTrainedModel
+from transformers import AutoModel, GenerationConfig, GenerationMixin, LlamaModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_dreamllm import DreamLLMConfig
@@ -23,6 +26,15 @@ from .configuration_dreamllm import DreamLLMConfig
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 """The name transformers gives the key/value cache in forward arguments and outputs: "past_key_values" up to 5.23,
 "cache" from 5.24 on. DreamLLM accepts both and returns the installed version's."""
+
+logger = logging.get_logger(__name__)
+
+
+def deprecate_old_cache_argument(forward):
+    """From transformers 5.24 on, warns about `past_key_values` (renamed `cache`) as 5.24's own models do."""
+    if CACHE_ARGUMENT == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+    return forward
 
 
 @dataclass
@@ -39,14 +51,20 @@ class DreamLLMModelOutputWithPast(BaseModelOutputWithPast):
             Embeddings plus each layer's output, returned when `output_hidden_states=True`.
         attentions (`tuple(torch.FloatTensor)`, *optional*):
             Attention weights, returned when `output_attentions=True`.
-        image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_tokens, hidden_size)`, *optional*):
-            Projected vision features written into the image blocks of the input.
+        image_outputs (`BaseModelOutputWithPooling`, *optional*):
+            The vision tower's output for the input images, with the projected features written into the image
+            blocks, `(num_images, num_image_tokens, hidden_size)`, as `pooler_output` (see `get_image_features`).
         dream_conditions (`torch.FloatTensor` of shape `(num_dream_blocks, num_dream_queries, condition_dim)`, *optional*):
             UNet conditions of every dream block of the input, in row-major order.
     """
 
-    image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
     dream_conditions: torch.FloatTensor | None = None
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        """The projected image features, `image_outputs.pooler_output` (alias kept from earlier releases)."""
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 @dataclass
@@ -66,8 +84,8 @@ class DreamLLMCausalLMOutputWithPast(ModelOutput):
             Embeddings plus each layer's output, returned when `output_hidden_states=True`.
         attentions (`tuple(torch.FloatTensor)`, *optional*):
             Attention weights, returned when `output_attentions=True`.
-        image_hidden_states (`torch.FloatTensor`, *optional*):
-            Projected vision features written into the image blocks of the input.
+        image_outputs (`BaseModelOutputWithPooling`, *optional*):
+            The vision tower's output for the input images, projected features as `pooler_output`.
         dream_conditions (`torch.FloatTensor` of shape `(num_dream_blocks, num_dream_queries, condition_dim)`, *optional*):
             UNet conditions of every dream block of the input, in row-major order.
     """
@@ -80,8 +98,13 @@ class DreamLLMCausalLMOutputWithPast(ModelOutput):
         past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-    image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
     dream_conditions: torch.FloatTensor | None = None
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        """The projected image features, `image_outputs.pooler_output` (alias kept from earlier releases)."""
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 @dataclass
@@ -142,7 +165,10 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         self.dream_projector = nn.Linear(text_hidden_size, config.condition_dim, bias=False)
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
         """
         Encodes images into language-model inputs: the vision tower's hidden states at `config.vision_feature_layer`
         (no post-layernorm), CLS token dropped, through the vision projector.
@@ -150,15 +176,24 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         Args:
             pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`):
                 Images prepared by the processor's image processor.
+            output_hidden_states, output_attentions, return_dict:
+                As for the vision tower; its hidden states are returned only when asked for.
 
         Returns:
-            `torch.FloatTensor` of shape `(num_images, num_image_tokens, hidden_size)`.
+            The vision tower's `BaseModelOutputWithPooling`, with the projected features
+            `(num_images, num_image_tokens, hidden_size)` as `pooler_output`.
         """
+        output_hidden_states = kwargs.pop("output_hidden_states", False)
         vision_dtype = self.vision_projector.weight.dtype
         feature_layer = self.config.vision_feature_layer
-        vision_outputs = self.vision_tower(pixel_values.to(vision_dtype), output_hidden_states=feature_layer)
-        patch_features = vision_outputs.hidden_states[feature_layer][:, 1:]
-        return self.vision_projector(patch_features)
+        image_outputs = self.vision_tower(
+            pixel_values.to(vision_dtype), output_hidden_states=True, return_dict=True, **kwargs
+        )
+        patch_features = image_outputs.hidden_states[feature_layer][:, 1:]
+        image_outputs.pooler_output = self.vision_projector(patch_features)
+        if not output_hidden_states:
+            image_outputs.hidden_states = None
+        return image_outputs
 
     def project_dream_states(self, hidden_states: torch.FloatTensor) -> torch.FloatTensor:
         """Maps final-norm hidden states at dream-query positions to UNet conditions (`condition_dim` wide)."""
@@ -202,20 +237,39 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
                 f"every {kind} block needs exactly {block_length}: {num_blocks * block_length} expected"
             )
 
+    def placeholder_ids_from_embeddings(self, inputs_embeds: torch.FloatTensor) -> torch.LongTensor:
+        """
+        The block tokens (`<im_start>`, `<dream_start>`, `<im_patch>`) found in ready-made embeddings, as transformers'
+        `get_placeholder_mask` finds them: positions equal to a token's embedding get its id, the others -1.
+        """
+        config = self.config
+        token_ids = [config.image_start_token_id, config.dream_start_token_id, config.image_patch_token_id]
+        token_ids = torch.tensor(token_ids, device=inputs_embeds.device)
+        token_embeddings = self.get_input_embeddings()(token_ids).to(inputs_embeds.dtype)
+        matches = (inputs_embeds.unsqueeze(-2) == token_embeddings).all(-1)
+        found = matches.any(-1)
+        return torch.where(found, token_ids[matches.int().argmax(-1)], -1)
+
     def embed_multimodal_inputs(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None,
         pixel_values: torch.FloatTensor | None = None,
-    ) -> tuple[torch.FloatTensor, BlockLayout, torch.FloatTensor | None]:
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.FloatTensor, BlockLayout, BaseModelOutputWithPooling | None]:
         """
-        Token embeddings of `input_ids` with the dream queries written into dream blocks and the image features of
-        `pixel_values` (one image per image block, in row-major order) written into image blocks.
+        Token embeddings of `input_ids` (or the given `inputs_embeds`, whose blocks are located from the embeddings)
+        with the dream queries written into dream blocks and the image features of `pixel_values` (one image per
+        image block, in row-major order) written into image blocks.
 
         Returns:
-            The input embeddings, the block layout and the projected image features (or `None`).
+            The input embeddings, the block layout and the vision outputs of the images (or `None`).
         """
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        else:
+            input_ids = self.placeholder_ids_from_embeddings(inputs_embeds)
         layout = self.get_block_layout(input_ids)
-        inputs_embeds = self.get_input_embeddings()(input_ids)
         num_images = 0 if pixel_values is None else pixel_values.shape[0]
         if num_images != layout.num_image_blocks:
             raise ValueError(
@@ -227,13 +281,14 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(
                 layout.dream_patch_mask.unsqueeze(-1), queries.to(inputs_embeds.device, inputs_embeds.dtype)
             )
-        image_features = None
+        image_outputs = None
         if num_images:
-            image_features = self.get_image_features(pixel_values)
+            image_outputs = self.get_image_features(pixel_values, **kwargs)
+            image_features = image_outputs.pooler_output
             inputs_embeds = inputs_embeds.masked_scatter(
                 layout.image_patch_mask.unsqueeze(-1), image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             )
-        return inputs_embeds, layout, image_features
+        return inputs_embeds, layout, image_outputs
 
     def unused_modules_zero_term(
         self, layout: BlockLayout | None, image_features: torch.FloatTensor | None
@@ -251,12 +306,13 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             blank_image = projector_weight.new_zeros(
                 1, vision_config.num_channels, vision_config.image_size, vision_config.image_size
             )
-            zero_term = zero_term + self.get_image_features(blank_image).sum() * 0.0
+            zero_term = zero_term + self.get_image_features(blank_image).pooler_output.sum() * 0.0
         if layout is None or not layout.num_dream_blocks:
             zero_term = zero_term + self.project_dream_states(self.dream_queries.weight).sum() * 0.0
         return zero_term
 
     @can_return_tuple
+    @deprecate_old_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -267,7 +323,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         cache: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> DreamLLMModelOutputWithPast:
         """
         Runs the language model over text, image blocks and dream blocks.
@@ -281,8 +337,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
                 As for `LlamaModel`. Without `position_ids`, positions continue from the cache length (padding is not
                 skipped); `generate` passes positions that skip padding.
             inputs_embeds (`torch.FloatTensor`, *optional*):
-                Ready-made embeddings instead of `input_ids`; blocks are then not located, so no images can be given
-                and no dream conditions are returned.
+                Ready-made embeddings instead of `input_ids` (e.g. `get_input_embeddings()(input_ids)`); image and
+                dream blocks are located from the embeddings of their tokens.
 
         In training mode with gradients enabled, the vision tower and projector and the dream queries and projector
         run on every call, contributing exactly zero when the batch holds no image or no dream block (see
@@ -290,12 +346,12 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        layout = image_features = None
-        if inputs_embeds is None:
-            inputs_embeds, layout, image_features = self.embed_multimodal_inputs(input_ids, pixel_values)
-        elif pixel_values is not None:
-            raise ValueError("pixel_values need input_ids to locate their image blocks; inputs_embeds was given")
+        vision_kwargs = {key: kwargs[key] for key in ("output_attentions", "output_hidden_states") if key in kwargs}
+        inputs_embeds, layout, image_outputs = self.embed_multimodal_inputs(
+            input_ids, pixel_values, inputs_embeds, **vision_kwargs
+        )
         if self.training and torch.is_grad_enabled():  # before the language model, where images are embedded
+            image_features = None if image_outputs is None else image_outputs.pooler_output
             inputs_embeds = inputs_embeds + self.unused_modules_zero_term(layout, image_features)
 
         outputs = self.language_model(
@@ -308,7 +364,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         )
         last_hidden_state = outputs.last_hidden_state
         dream_conditions = None
-        if layout is not None and layout.num_dream_blocks:
+        if layout.num_dream_blocks:
             dream_states = last_hidden_state[layout.dream_patch_mask.to(last_hidden_state.device)]
             dream_states = dream_states.view(layout.num_dream_blocks, self.config.num_dream_queries, -1)
             dream_conditions = self.project_dream_states(dream_states)
@@ -317,7 +373,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            image_outputs=image_outputs,
             dream_conditions=dream_conditions,
         )
 
@@ -340,12 +396,46 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: DreamLLMConfig):
         super().__init__(config)
         self.model = DreamLLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        self.generation_config.update(**plain_generation_settings(config, self.generation_config))
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
+        """
+        As `PreTrainedModel.resize_token_embeddings`, refusing a size that would drop DreamLLM's special tokens.
+
+        Raises:
+            `ValueError`: naming the special tokens whose ids the new size would cut off.
+        """
+        if new_num_tokens is not None:
+            dropped = {name: token_id for name, token_id in self.config.special_token_ids.items()
+                       if token_id >= new_num_tokens}
+            if dropped:
+                raise ValueError(
+                    f"resize_token_embeddings({new_num_tokens}) would drop DreamLLM's special tokens {dropped}: "
+                    f"the vocabulary needs at least {max(dropped.values()) + 1} tokens"
+                )
+        return super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        """
+        `GenerationMixin.generate`. Plain generation cannot draw: the saved generation config stops rows at
+        `<dream_start>` and never samples the tokens only `DreamLLMPipeline` writes; a one-time warning points to the
+        pipeline when a row stopped there.
+        """
+        output = super().generate(*args, **kwargs)
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        if (sequences == self.config.dream_start_token_id).any():
+            logger.warning_once(
+                "The model wants to draw an image (it wrote <dream_start>), which model.generate cannot do: use "
+                "dreamllm.DreamLLMPipeline to generate documents with images"
+            )
+        return output
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
@@ -353,11 +443,14 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Module):
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        """Projected vision features `(num_images, num_image_tokens, hidden_size)`; see `DreamLLMModel.get_image_features`."""
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """The vision outputs with projected features as `pooler_output`; see `DreamLLMModel.get_image_features`."""
+        return self.model.get_image_features(pixel_values, **kwargs)
 
     @can_return_tuple
+    @deprecate_old_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -370,7 +463,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> DreamLLMCausalLMOutputWithPast:
         """
         Args:
@@ -379,10 +472,16 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Target ids (shifted inside); -100 is ignored. The loss is the mean over the labels that are not
                 ignored, and 0 when all are.
+            shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Targets already shifted (position i holds the target of position i, as sequence-parallel training
+                passes them); used instead of shifting `labels`.
+            num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+                The number of targets the loss is divided by (gradient accumulation passes the whole batch's).
             logits_to_keep (`int` or `torch.Tensor`, *optional*):
                 Compute logits only for the last `logits_to_keep` positions (0 = all).
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        shift_labels = kwargs.pop("shift_labels", None)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -397,30 +496,37 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
-        if labels is not None:
-            loss = self.language_modeling_loss(logits, labels, num_items_in_batch)
+        if labels is not None or shift_labels is not None:
+            loss = self.language_modeling_loss(logits, labels, num_items_in_batch, shift_labels)
         return DreamLLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
             dream_conditions=outputs.dream_conditions,
         )
 
     def language_modeling_loss(
         self,
         logits: torch.FloatTensor,
-        labels: torch.LongTensor,
+        labels: torch.LongTensor | None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        shift_labels: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
-        """Shifted next-token cross-entropy averaged over the targets that are not -100 (0 when there are none)."""
+        """
+        Next-token cross-entropy averaged over the targets that are not -100 (0 when there are none), or divided by
+        `num_items_in_batch` when given. Targets are `shift_labels` when given, else `labels` shifted by one.
+        """
+        if shift_labels is None:
+            shift_labels = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
         if num_items_in_batch is None:
-            num_items_in_batch = (labels[:, 1:] != -100).sum().clamp(min=1)
+            num_items_in_batch = (shift_labels != -100).sum().clamp(min=1)
         return self.loss_function(
             logits=logits,
-            labels=labels,
+            labels=None,
+            shift_labels=shift_labels,
             vocab_size=self.config.text_config.vocab_size,
             num_items_in_batch=num_items_in_batch,
         )
@@ -484,8 +590,10 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         """Repeats each row's group of images with the row (beam search, `num_return_sequences`)."""
         pixel_values = model_kwargs.pop("pixel_values", None)
         if pixel_values is not None and expand_size > 1:
+            inputs_embeds = model_kwargs.get("inputs_embeds")
+            block_ids = input_ids if inputs_embeds is None else self.model.placeholder_ids_from_embeddings(inputs_embeds)
             pixel_values = repeat_images_per_row(
-                pixel_values, self.model.get_block_layout(input_ids).image_patch_mask, self.config, expand_size
+                pixel_values, self.model.get_block_layout(block_ids).image_patch_mask, self.config, expand_size
             )
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
@@ -493,6 +601,32 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         if pixel_values is not None:
             model_kwargs["pixel_values"] = pixel_values
         return input_ids, model_kwargs
+
+
+def pipeline_only_token_ids(config: DreamLLMConfig) -> list[int]:
+    """The tokens only `DreamLLMPipeline` writes (block tokens, placeholders, padding): plain decoding never samples them."""
+    return [token_id for name, token_id in config.special_token_ids.items() if name != "dream_start_token_id"]
+
+
+def as_token_id_list(token_ids: int | list[int] | None) -> list[int]:
+    """A generation config's `eos_token_id` (an id, a list or `None`) as a list."""
+    if token_ids is None:
+        return []
+    return [token_ids] if isinstance(token_ids, int) else list(token_ids)
+
+
+def plain_generation_settings(config: DreamLLMConfig, generation_config: GenerationConfig) -> dict:
+    """
+    The generation-config settings every transformers entry point decodes DreamLLM with: the pipeline-only tokens
+    suppressed, and `<dream_start>` (which only the pipeline can follow with an image) added to the end tokens.
+    """
+    eos_token_ids = drawing_eos_token_ids(generation_config.eos_token_id, config) + [config.dream_start_token_id]
+    return {"suppress_tokens": pipeline_only_token_ids(config), "eos_token_id": eos_token_ids}
+
+
+def drawing_eos_token_ids(eos_token_id: int | list[int] | None, config: DreamLLMConfig) -> list[int]:
+    """The end tokens of a decoding loop that draws (`DreamLLMPipeline`): those given, without `<dream_start>`."""
+    return [token_id for token_id in as_token_id_list(eos_token_id) if token_id != config.dream_start_token_id]
 
 
 def left_align(input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> tuple[torch.LongTensor, torch.Tensor]:
@@ -511,6 +645,8 @@ def repeat_images_per_row(
 
 
 __all__ = [
+    "drawing_eos_token_ids",
+    "plain_generation_settings",
     "DreamLLMCausalLMOutputWithPast",
     "DreamLLMForCausalLM",
     "DreamLLMModel",
