@@ -26,7 +26,7 @@ from transformers.image_utils import load_image
 
 import diffusers
 from dreamllm.file_utils import atomic_directory
-from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
+from dreamllm.modeling_dreamllm import DreamLLMForCausalLM, drawing_eos_token_ids
 from dreamllm.processing import DreamLLMProcessor
 
 from .hub import pipeline_model_card
@@ -677,6 +677,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         if config.max_new_tokens is None:
             config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         config.max_length = None
+        config.eos_token_id = drawing_eos_token_ids(config.eos_token_id, self.model.config)  # this loop draws
         self.model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=device)
         logits_processor = self.model._get_logits_processor(
             config, input_ids_seq_length=prompt_length, logits_processor=logits_processor or LogitsProcessorList(),
