@@ -5,6 +5,19 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
+RELEASED_SPECIAL_TOKEN_ORDER = (
+    "pad_token_id",
+    "image_start_token_id",
+    "dream_end_token_id",
+    "dream_start_token_id",
+    "image_patch_token_id",
+    "image_end_token_id",
+    "image_token_id",
+    "dream_token_id",
+)
+"""The order of the 8 added tokens in the released checkpoints' vocabulary (ids 32000-32007 of DreamLLM-7B)."""
+
+
 class DreamLLMConfig(PreTrainedConfig):
     r"""
     Configuration of a [`DreamLLMForCausalLM`]. The defaults describe the released DreamLLM-7B: Vicuna-7B v1.1 with
@@ -26,7 +39,8 @@ class DreamLLMConfig(PreTrainedConfig):
         dream_start_token_id, dream_end_token_id (`int`, *optional*):
             Ids of `[PAD]`, `<image>`, `<im_patch>`, `<im_start>`, `<im_end>`, `<dream>`, `<dream_start>` and
             `<dream_end>`. The released checkpoints do not number them in list order: converted models read them from
-            the checkpoint.
+            the checkpoint. Unset ids default to the released checkpoints' places among the last 8 ids of
+            `text_config.vocab_size` (32000-32007 for the 7B vocabulary).
         loss_weight_lm (`float`, *optional*, defaults to 1.0):
             Weight of the language-model cross-entropy in the training objective.
         loss_weight_diffusion (`float`, *optional*, defaults to 10.0):
@@ -72,21 +86,33 @@ class DreamLLMConfig(PreTrainedConfig):
     num_dream_queries: int = 64
     vision_feature_layer: int = -2
     condition_dim: int = 1024
-    pad_token_id: int = 32000
-    image_start_token_id: int = 32001
-    dream_end_token_id: int = 32002
-    dream_start_token_id: int = 32003
-    image_patch_token_id: int = 32004
-    image_end_token_id: int = 32005
-    image_token_id: int = 32006
-    dream_token_id: int = 32007
+    pad_token_id: int | None = None
+    image_start_token_id: int | None = None
+    dream_end_token_id: int | None = None
+    dream_start_token_id: int | None = None
+    image_patch_token_id: int | None = None
+    image_end_token_id: int | None = None
+    image_token_id: int | None = None
+    dream_token_id: int | None = None
     loss_weight_lm: float = 1.0
     loss_weight_diffusion: float = 10.0
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self.set_default_special_token_ids()
         self.validate_dreamllm_fields()
+
+    def set_default_special_token_ids(self):
+        """
+        Gives every special token id left unset the place the released checkpoints give it among the last 8 ids of
+        the vocabulary (`[PAD]` at `vocab_size - 8`, ... `<dream>` at `vocab_size - 1`), so the defaults fit any
+        vocabulary size.
+        """
+        first_added_id = self.text_config.vocab_size - len(RELEASED_SPECIAL_TOKEN_ORDER)
+        for offset, name in enumerate(RELEASED_SPECIAL_TOKEN_ORDER):
+            if getattr(self, name) is None:
+                setattr(self, name, first_added_id + offset)
 
     def validate_dreamllm_fields(self):
         """Raises a `ValueError` naming the field when the DreamLLM-specific settings cannot describe a model."""

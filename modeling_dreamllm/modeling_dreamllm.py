@@ -487,10 +487,9 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            cache=cache,
+            **{CACHE_ARGUMENT: cache if cache is not None else past_key_values},
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
