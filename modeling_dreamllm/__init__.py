@@ -9,6 +9,7 @@ from .modeling_dreamllm import (
     DreamLLMPreTrainedModel,
     DreamQueries,
     drawing_eos_token_ids,
+    pipeline_only_token_ids,
     plain_generation_settings,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "DreamLLMPreTrainedModel",
     "DreamQueries",
     "drawing_eos_token_ids",
+    "pipeline_only_token_ids",
     "plain_generation_settings",
 ]

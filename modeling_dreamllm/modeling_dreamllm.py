@@ -585,6 +585,32 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         bos_ids = torch.tensor([[self.config.text_config.bos_token_id]], device=self.device)
         return self.get_dream_conditions(bos_ids).expand(batch_size, -1, -1)
 
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> dict:
+        """
+        As `GenerationMixin.prepare_inputs_for_generation`, keeping the images attached whenever the ids to run still
+        hold their blocks (the assistant's first pass in assisted decoding, which transformers does not count as
+        prefill), not only in prefill. A one-token decoding step holds no block and is not inspected.
+        """
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, pixel_values=pixel_values, inputs_embeds=inputs_embeds, **kwargs
+        )
+        ids_to_run = model_inputs.get("input_ids")
+        if (
+            pixel_values is not None
+            and "pixel_values" not in model_inputs
+            and ids_to_run is not None
+            and ids_to_run.shape[1] > 1
+            and self.model.get_block_layout(ids_to_run).num_image_blocks
+        ):
+            model_inputs["pixel_values"] = pixel_values
+        return model_inputs
+
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
         """Repeats each row's group of images with the row (beam search, `num_return_sequences`)."""
         pixel_values = model_kwargs.pop("pixel_values", None)
@@ -645,6 +671,7 @@ def repeat_images_per_row(
 
 __all__ = [
     "drawing_eos_token_ids",
+    "pipeline_only_token_ids",
     "plain_generation_settings",
     "DreamLLMCausalLMOutputWithPast",
     "DreamLLMForCausalLM",
