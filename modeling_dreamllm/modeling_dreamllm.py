@@ -525,7 +525,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         return self.loss_function(
             logits=logits,
             labels=None,
-            shift_labels=shift_labels,
+            shift_labels=shift_labels.contiguous(),
             vocab_size=self.config.text_config.vocab_size,
             num_items_in_batch=num_items_in_batch,
         )
