@@ -1,15 +1,16 @@
 """Peak memory of `dreamllm convert` against the size of its largest input file.
 
-Writes an original-layout DreamLLM checkpoint of about 1 GB (a random mid-size Llama in bf16, the official-tiny
-fixture's plugins and tokenizer), converts it in a fresh subprocess per case and reads that process's peak resident
-memory (`VmHWM` of /proc/self/status; `ru_maxrss` would carry over the parent's peak across fork and exec): once
-after the imports (the baseline) and once after the conversion.
+Writes an original-layout DreamLLM checkpoint of about 1 GB (a random mid-size Llama in bf16, or 2 GB in float32,
+the official-tiny fixture's plugins and tokenizer), converts it in a fresh subprocess per case and reads that
+process's peak resident memory (`VmHWM` of /proc/self/status; `ru_maxrss` would carry over the parent's peak across
+fork and exec): once after the imports (the baseline) and once after the conversion.
 
     python benchmarks/bench_conversion_memory.py [--work-dir DIR] [--hidden 2048] [--layers 8]
 
-Cases: the main weights as one `model.safetensors`, as one `pytorch_model.bin`, as two safetensors shards, and the
-single file converted with a cast to float32 (which holds up to `max_shard_size` of converted tensors), with the default
-5GB and with 512MB shards.
+Cases: the main weights as one `model.safetensors`, one `pytorch_model.bin` or two safetensors shards; each `--dtype`
+(kept, cast up to float32, cast down to bfloat16) with 5GB, 512MB and 100MB output shards. Each line prints the peak
+growth against the largest input file and against the target (1.2x the largest input file plus the largest output
+shard).
 """
 
 import argparse
@@ -44,8 +45,8 @@ print(json.dumps({"baseline_kib": baseline, "peak_kib": peak_kib(), "seconds": s
 """
 
 
-def llama_state_dict(hidden: int, layers: int) -> dict[str, torch.Tensor]:
-    """Random bf16 Llama weights with the original's key names (including the rotary `inv_freq` buffers)."""
+def llama_state_dict(hidden: int, layers: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Random Llama weights with the original's key names (including the rotary `inv_freq` buffers)."""
     intermediate = hidden * 11 // 4
     generator = torch.Generator().manual_seed(0)
     shapes = {
@@ -65,10 +66,10 @@ def llama_state_dict(hidden: int, layers: int) -> dict[str, torch.Tensor]:
             prefix + "self_attn.rotary_emb.inv_freq": (64,),
         }
         shapes |= {prefix + "input_layernorm.weight": (hidden,), prefix + "post_attention_layernorm.weight": (hidden,)}
-    return {key: torch.randn(shape, generator=generator, dtype=torch.bfloat16) * 0.02 for key, shape in shapes.items()}
+    return {key: torch.randn(shape, generator=generator, dtype=dtype) * 0.02 for key, shape in shapes.items()}
 
 
-def write_checkpoint(folder: Path, hidden: int, layers: int, main_weights: str):
+def write_checkpoint(folder: Path, hidden: int, layers: int, main_weights: str, dtype: torch.dtype):
     """An original-layout checkpoint: the fixture's config, tokenizer and plugins resized to `hidden`, a big LLM."""
     source = FIXTURE / "checkpoint"
     folder.mkdir(parents=True)
@@ -93,7 +94,7 @@ def write_checkpoint(folder: Path, hidden: int, layers: int, main_weights: str):
     head = bf16(torch.load(source / "stable_diffusion_head.bin", weights_only=True))
     head["projector.projector.weight"] = torch.zeros(32, hidden, dtype=torch.bfloat16)
     torch.save(head, folder / "stable_diffusion_head.bin")
-    write_main_weights(folder, llama_state_dict(hidden, layers), main_weights)
+    write_main_weights(folder, llama_state_dict(hidden, layers, dtype), main_weights)
 
 
 def write_main_weights(folder: Path, state: dict[str, torch.Tensor], layout: str):
@@ -121,6 +122,21 @@ def measure(checkpoint: Path, output: Path, dtype: str, max_shard_size: str) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def largest_file(folder: Path) -> int:
+    """The size in bytes of the largest file under `folder`."""
+    return max(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+CASES = [
+    ("model.safetensors", "bfloat16", "auto", "5GB"), ("model.safetensors", "bfloat16", "float32", "5GB"),
+    ("model.safetensors", "bfloat16", "float32", "512MB"), ("model.safetensors", "bfloat16", "float32", "100MB"),
+    ("pytorch_model.bin", "bfloat16", "auto", "5GB"), ("pytorch_model.bin", "bfloat16", "float32", "5GB"),
+    ("pytorch_model.bin", "bfloat16", "float32", "512MB"), ("sharded", "bfloat16", "auto", "5GB"),
+    ("sharded", "bfloat16", "float32", "100MB"), ("model.safetensors", "float32", "bfloat16", "5GB"),
+    ("model.safetensors", "float32", "bfloat16", "512MB"), ("pytorch_model.bin", "float32", "bfloat16", "100MB"),
+]  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, help="Scratch folder (default: a temporary one, removed at the end).")
@@ -128,27 +144,25 @@ def main():
     parser.add_argument("--layers", type=int, default=8)
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamllm-bench-"))
-    cases = [
-        ("model.safetensors", "auto", "5GB"), ("pytorch_model.bin", "auto", "5GB"), ("sharded", "auto", "5GB"),
-        ("model.safetensors", "float32", "5GB"), ("model.safetensors", "float32", "512MB"),
-    ]  # fmt: skip
     print(
-        f"{'main weights':20s} {'dtype':8s} {'shards':>6s} {'input total':>12s} {'largest file':>13s} "
-        f"{'baseline':>9s} {'peak':>9s} {'peak-base':>10s} {'time':>7s}"
+        f"{'main weights':18s} {'stored':8s} {'--dtype':8s} {'shards':>6s} {'largest in':>10s} {'largest out':>11s} "
+        f"{'peak-base':>9s} {'/largest in':>11s} {'/target':>8s} {'time':>6s}"
     )
     try:
-        for layout, dtype, max_shard_size in cases:
-            checkpoint, output = work / f"original-{layout}", work / f"converted-{layout}-{dtype}"
+        for layout, stored, dtype, max_shard_size in CASES:
+            checkpoint = work / f"original-{layout}-{stored}"
+            output = work / f"converted-{layout}-{stored}-{dtype}-{max_shard_size}"
             if not checkpoint.exists():
-                write_checkpoint(checkpoint, args.hidden, args.layers, layout)
-            sizes = [path.stat().st_size for path in checkpoint.iterdir()]
+                write_checkpoint(checkpoint, args.hidden, args.layers, layout, getattr(torch, stored))
             result = measure(checkpoint, output, dtype, max_shard_size)
+            largest_input, largest_output = largest_file(checkpoint), largest_file(output)
             shutil.rmtree(output)
-            mib = lambda kib: f"{kib / 1024:7.0f}M"  # noqa: E731
+            growth = (result["peak_kib"] - result["baseline_kib"]) * 1024
+            target = 1.2 * largest_input + largest_output
             print(
-                f"{layout:20s} {dtype:8s} {max_shard_size:>6s} {sum(sizes) / 2**20:11.0f}M {max(sizes) / 2**20:12.0f}M "
-                f"{mib(result['baseline_kib']):>9s} {mib(result['peak_kib']):>9s} "
-                f"{mib(result['peak_kib'] - result['baseline_kib']):>10s} {result['seconds']:6.1f}s"
+                f"{layout:18s} {stored:8s} {dtype:8s} {max_shard_size:>6s} {largest_input / 2**20:9.0f}M "
+                f"{largest_output / 2**20:10.0f}M {growth / 2**20:8.0f}M {growth / largest_input:10.2f}x "
+                f"{growth / target:7.2f}x {result['seconds']:5.1f}s"
             )
     finally:
         if args.work_dir is None:
