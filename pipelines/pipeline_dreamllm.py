@@ -38,6 +38,8 @@ TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MAX_NEW_TOKENS = 256
+SCHEDULER_INTERFACE = ("set_timesteps", "init_noise_sigma", "scale_model_input", "step")
+UNET_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def default_scheduler() -> DDPMScheduler:
@@ -120,21 +122,37 @@ class DreamLLMPipeline(DiffusionPipeline):
         self.register_modules(model=model, processor=processor, unet=unet, vae=vae, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.reset_call_state(guidance_scale=1.0)
+
+    def __setattr__(self, name, value):
+        if name == "scheduler":
+            check_scheduler(value)
+        super().__setattr__(name, value)
+
+    def reset_call_state(self, guidance_scale: float):
+        """The state the properties report, set at the start of every call: no timesteps run yet, not interrupted."""
+        self._guidance_scale = guidance_scale
+        self._num_timesteps = 0
+        self._interrupt = False
 
     @property
     def guidance_scale(self) -> float:
+        """The guidance scale of the latest call (1.0 before any)."""
         return self._guidance_scale
 
     @property
     def do_classifier_free_guidance(self) -> bool:
+        """Whether the latest call guides its images (`guidance_scale > 1`)."""
         return self._guidance_scale > 1
 
     @property
     def num_timesteps(self) -> int:
+        """Denoising steps of the latest image drawn in the latest call (0 when it drew none)."""
         return self._num_timesteps
 
     @property
     def interrupt(self) -> bool:
+        """Whether a callback interrupted the latest call."""
         return self._interrupt
 
     @property
@@ -420,8 +438,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
             generator, batch_size * num_images_per_prompt,
         )
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
+        self.reset_call_state(guidance_scale)
         device = self._execution_device
 
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -531,8 +548,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         )
         if not isinstance(max_images, int) or max_images < 0:
             raise ValueError(f"max_images must be a whole number >= 0, got {max_images!r}")
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
+        self.reset_call_state(guidance_scale)
         device = self._execution_device
 
         inputs = self.encode_document_prompts(texts, prompt_images, device)
@@ -960,6 +976,7 @@ def check_components(model, processor, unet, vae, scheduler):
     for name, (component, component_type) in expected.items():
         if not isinstance(component, component_type):
             raise TypeError(f"{name} must be a {component_type.__name__}, got {type(component).__name__}")
+    check_scheduler(scheduler)
     if unet.config.cross_attention_dim != model.config.condition_dim:
         raise ValueError(
             f"The UNet's cross_attention_dim ({unet.config.cross_attention_dim}) differs from the model's "
@@ -968,6 +985,36 @@ def check_components(model, processor, unet, vae, scheduler):
     if unet.config.in_channels != vae.config.latent_channels:
         raise ValueError(
             f"The UNet takes {unet.config.in_channels} channels but the VAE has {vae.config.latent_channels} latent channels"
+        )
+
+
+def check_scheduler(scheduler):
+    """
+    Raises a `TypeError` naming a scheduler the pipeline cannot drive. DreamLLM's UNet predicts noise on the DDPM
+    schedule, as Stable Diffusion's does, so the pipeline drives the schedulers `StableDiffusionPipeline` drives:
+    `set_timesteps`, `init_noise_sigma`, `scale_model_input`, `step(model_output, timestep, sample)` and a
+    `prediction_type` of `epsilon`, `v_prediction` or `sample`. Flow-matching schedulers (`FlowMatchEuler...`),
+    and those needing more inputs at each step (RePaint, Karras-VE), are refused.
+    """
+    if not isinstance(scheduler, SchedulerMixin):
+        raise TypeError(f"scheduler must be a SchedulerMixin, got {type(scheduler).__name__}")
+    name = type(scheduler).__name__
+    missing = [attribute for attribute in SCHEDULER_INTERFACE if not hasattr(scheduler, attribute)]
+    if missing:
+        raise TypeError(
+            f"{name} cannot drive DreamLLM's UNet: it has no {', '.join(missing)} (a noise-prediction UNet needs a "
+            f"DDPM-style scheduler such as DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler)"
+        )
+    step_parameters = inspect.signature(scheduler.step).parameters.values()
+    required = [p.name for p in step_parameters if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+    if required != ["model_output", "timestep", "sample"]:
+        raise TypeError(f"{name} cannot drive DreamLLM's UNet: its step needs {', '.join(required)}")
+    takes_prediction_type = "prediction_type" in inspect.signature(type(scheduler).__init__).parameters
+    prediction_type = scheduler.config.get("prediction_type") if takes_prediction_type else None
+    if prediction_type not in UNET_PREDICTION_TYPES:
+        raise TypeError(
+            f"{name} cannot drive DreamLLM's UNet: its prediction_type is {prediction_type!r}, not one of "
+            f"{', '.join(UNET_PREDICTION_TYPES)}"
         )
 
 
