@@ -230,9 +230,9 @@ def open_weights(path: Path) -> Iterator[LazyTensors]:
         state_dict.clear()
 
 
-def shard_file_name(stem: str, index: int, count: int) -> str:
+def shard_file_name(stem: str, index: int, count: int, suffix: str = ".safetensors") -> str:
     """The Hugging Face name of shard `index` (0-based) of `count`: `<stem>-00001-of-00003.safetensors`."""
-    return f"{stem}-{index + 1:05d}-of-{count:05d}.safetensors"
+    return f"{stem}-{index + 1:05d}-of-{count:05d}{suffix}"
 
 
 class SafetensorsShard:
