@@ -10,7 +10,8 @@ fork and exec): once after the imports (the baseline) and once after the convers
 Cases: the main weights as one `model.safetensors`, one `pytorch_model.bin` or two safetensors shards; each `--dtype`
 (kept, cast up to float32, cast down to bfloat16) with 5GB, 512MB and 100MB output shards. Each line prints the peak
 growth against the largest input file and against the target (1.2x the largest input file plus the largest output
-shard).
+shard), and the peak growth and time against transformers doing the same to the language model alone
+(`LlamaForCausalLM.from_pretrained(dtype=...).save_pretrained(max_shard_size=...)`, also in a fresh process).
 """
 
 import argparse
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from transformers import LlamaConfig
 
 FIXTURE = Path(
     os.environ.get(
@@ -32,17 +34,30 @@ FIXTURE = Path(
 )
 VOCAB_SIZE = 32008
 
+# Run in a fresh process with the arguments input, output, dtype, max shard size; `{imports}` and `{convert}` are
+# ours or the transformers equivalent (load the Llama, save it cast and sharded).
 MEASURE = """
 import json, re, sys, time
-from dreamllm.conversion import convert_original_checkpoint
+{imports}
 def peak_kib():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1])
 baseline = peak_kib()
 started = time.perf_counter()
-convert_original_checkpoint(sys.argv[1], sys.argv[2], dtype=sys.argv[3], max_shard_size=sys.argv[4])
+{convert}
 seconds = time.perf_counter() - started
-print(json.dumps({"baseline_kib": baseline, "peak_kib": peak_kib(), "seconds": seconds}))
+print(json.dumps({{"baseline_kib": baseline, "peak_kib": peak_kib(), "seconds": seconds}}))
 """
+CONVERTERS = {
+    "dreamllm": (
+        "from dreamllm.conversion import convert_original_checkpoint",
+        "convert_original_checkpoint(sys.argv[1], sys.argv[2], dtype=sys.argv[3], max_shard_size=sys.argv[4])",
+    ),
+    "transformers": (
+        "from transformers import LlamaForCausalLM",
+        "LlamaForCausalLM.from_pretrained(sys.argv[1], dtype=sys.argv[3]).save_pretrained(sys.argv[2], "
+        "max_shard_size=sys.argv[4])",
+    ),
+}
 
 
 def llama_state_dict(hidden: int, layers: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -115,11 +130,26 @@ def write_main_weights(folder: Path, state: dict[str, torch.Tensor], layout: str
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
-def measure(checkpoint: Path, output: Path, dtype: str, max_shard_size: str) -> dict:
+def measure(checkpoint: Path, output: Path, dtype: str, max_shard_size: str, converter: str = "dreamllm") -> dict:
     """Converts in a fresh Python process and returns its baseline and peak RSS (KiB) and the conversion time."""
-    command = [sys.executable, "-c", MEASURE, str(checkpoint), str(output), dtype, max_shard_size]
+    imports, convert = CONVERTERS[converter]
+    script = MEASURE.format(imports=imports, convert=convert)
+    command = [sys.executable, "-c", script, str(checkpoint), str(output), dtype, max_shard_size]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def llama_folder(checkpoint: Path, folder: Path) -> Path:
+    """The checkpoint's language model as a transformers Llama folder: its config, links to its weight files."""
+    if not folder.exists():
+        folder.mkdir()
+        original = json.loads((checkpoint / "config.json").read_text())
+        config = {key: value for key, value in original.items() if key in LlamaConfig().to_dict()}
+        LlamaConfig(**config).save_pretrained(folder)
+        for path in checkpoint.glob("*"):
+            if path.name.startswith(("model", "pytorch_model")):
+                (folder / path.name).symlink_to(path)
+    return folder
 
 
 def largest_file(folder: Path) -> int:
@@ -146,7 +176,8 @@ def main():
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="dreamllm-bench-"))
     print(
         f"{'main weights':18s} {'stored':8s} {'--dtype':8s} {'shards':>6s} {'largest in':>10s} {'largest out':>11s} "
-        f"{'peak-base':>9s} {'/largest in':>11s} {'/target':>8s} {'time':>6s}"
+        f"{'peak-base':>9s} {'/largest in':>11s} {'/target':>8s} {'time':>6s} {'transformers':>12s} {'time':>6s} "
+        f"{'peak ratio':>10s} {'time ratio':>10s}"
     )
     try:
         for layout, stored, dtype, max_shard_size in CASES:
@@ -154,15 +185,20 @@ def main():
             output = work / f"converted-{layout}-{stored}-{dtype}-{max_shard_size}"
             if not checkpoint.exists():
                 write_checkpoint(checkpoint, args.hidden, args.layers, layout, getattr(torch, stored))
-            result = measure(checkpoint, output, dtype, max_shard_size)
+            ours = measure(checkpoint, output, dtype, max_shard_size)
             largest_input, largest_output = largest_file(checkpoint), largest_file(output)
             shutil.rmtree(output)
-            growth = (result["peak_kib"] - result["baseline_kib"]) * 1024
+            theirs = measure(llama_folder(checkpoint, work / f"llama-{layout}-{stored}"), output, dtype, max_shard_size,
+                             "transformers")  # fmt: skip
+            shutil.rmtree(output)
+            growth, their_growth = ((r["peak_kib"] - r["baseline_kib"]) * 1024 for r in (ours, theirs))
             target = 1.2 * largest_input + largest_output
             print(
                 f"{layout:18s} {stored:8s} {dtype:8s} {max_shard_size:>6s} {largest_input / 2**20:9.0f}M "
                 f"{largest_output / 2**20:10.0f}M {growth / 2**20:8.0f}M {growth / largest_input:10.2f}x "
-                f"{growth / target:7.2f}x {result['seconds']:5.1f}s"
+                f"{growth / target:7.2f}x {ours['seconds']:5.1f}s {their_growth / 2**20:11.0f}M "
+                f"{theirs['seconds']:5.1f}s {growth / their_growth:9.3f}x {ours['seconds'] / theirs['seconds']:9.2f}x",
+                flush=True,
             )
     finally:
         if args.work_dir is None:
