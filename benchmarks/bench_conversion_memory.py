@@ -131,7 +131,9 @@ def write_main_weights(folder: Path, state: dict[str, torch.Tensor], layout: str
 
 
 def measure(checkpoint: Path, output: Path, dtype: str, max_shard_size: str, converter: str = "dreamllm") -> dict:
-    """Converts in a fresh Python process and returns its baseline and peak RSS (KiB) and the conversion time."""
+    """Converts in a fresh Python process and returns its baseline and peak RSS (KiB) and the conversion time; the
+    files written before are flushed to disk first, so that the conversion is not slowed by their writeback."""
+    os.sync()
     imports, convert = CONVERTERS[converter]
     script = MEASURE.format(imports=imports, convert=convert)
     command = [sys.executable, "-c", script, str(checkpoint), str(output), dtype, max_shard_size]
