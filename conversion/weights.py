@@ -6,9 +6,9 @@ the file is closed): safetensors files at the offsets of their header, pickles (
 `torch.load(weights_only=True, map_location="meta")` records for the storages of a zip-format file, as
 `torch.distributed.checkpoint` reads them. A pickle whose tensors cannot be read that way (the legacy format, a
 compressed archive, views with strides, another byte order) is loaded whole, memory-mapped when it is a zip file. A
-pickle that needs anything beyond tensors and plain containers is refused. Output
-shards are laid out in advance from the tensors' names, dtypes and shapes: each file gets its header first and then
-every tensor's bytes at their place, as they arrive.
+pickle that needs anything beyond tensors and plain containers is refused. Output shards are laid out in advance from
+the tensors' names, dtypes and shapes: each file gets its header first and then every tensor's bytes at their place,
+as they arrive.
 """
 
 import json
