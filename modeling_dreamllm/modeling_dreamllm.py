@@ -216,6 +216,8 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
 class DreamLLMModel(DreamLLMPreTrainedModel):
     """The DreamLLM backbone: vision tower + vision projector, Llama, dream queries and dream projector."""
 
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]  # the head of a DreamLLMForCausalLM checkpoint
+
     def __init__(self, config: DreamLLMConfig):
         super().__init__(config)
         text_hidden_size = config.text_config.hidden_size
