@@ -31,6 +31,7 @@ from dreamllm.processing import DreamLLMProcessor
 
 from .hub import pipeline_model_card
 from .interleaved import DocumentBatch, DocumentRow
+from .lora import DreamLLMLoraLoaderMixin
 from .loading import WEIGHTED_COMPONENTS, LoadingOptions, components_with_variant
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -76,7 +77,7 @@ class DreamLLMPipelineOutput(BaseOutput):
     images: list[list[PIL.Image.Image]] | list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
 
 
-class DreamLLMPipeline(DiffusionPipeline):
+class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
     r"""
     DreamLLM as a diffusers pipeline: the language model writes text and decides where images go; each image it
     starts is drawn by a Stable Diffusion UNet conditioned on the model's dream-query states.
