@@ -3,6 +3,7 @@
 import importlib.resources
 import inspect
 import json
+import math
 import os
 import re
 import tempfile
@@ -40,6 +41,8 @@ TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MAX_NEW_TOKENS = 256
+MAX_IMAGE_SIZE = 4096
+"""The largest `height` / `width` the pipeline draws (8x DreamLLM's 512, 4x the 1024 of SDXL-class UNets)."""
 SCHEDULER_INTERFACE = ("set_timesteps", "init_noise_sigma", "scale_model_input", "step")
 UNET_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -136,6 +139,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         self._guidance_scale = guidance_scale
         self._num_timesteps = 0
         self._interrupt = False
+        self._negative_prompt_embeds = None
 
     @property
     def guidance_scale(self) -> float:
@@ -187,13 +191,15 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         """Raises a `ValueError` naming the argument when a diffusion setting cannot be used."""
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         for name, size in (("height", height), ("width", width)):
-            if not isinstance(size, int) or size < 1 or size % self.vae_scale_factor:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size % self.vae_scale_factor:
                 raise ValueError(
                     f"{name} must be a positive multiple of the VAE scale factor {self.vae_scale_factor}, got {size!r}"
                 )
+            if size > MAX_IMAGE_SIZE:
+                raise ValueError(f"{name} must be at most {MAX_IMAGE_SIZE} pixels, got {size}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         unknown_inputs = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
@@ -246,9 +252,15 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             `(prompt_embeds, negative_prompt_embeds)`, each `(batch * num_images_per_prompt, num_dream_queries,
             condition_dim)` in the UNet's dtype; `negative_prompt_embeds` is `None` without guidance.
         """
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None:
+                self.check_condition(name, embeds)
         if prompt_embeds is None:
             prompt_embeds = self.dream_conditions_of_texts(prompt, device)
         batch_size = prompt_embeds.shape[0]
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] not in (1, batch_size):
+            raise ValueError(f"negative_prompt_embeds holds {negative_prompt_embeds.shape[0]} conditions for "
+                             f"{batch_size} prompts")
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, batch_size, device)
         unet_dtype = self.unet.dtype
@@ -259,6 +271,17 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             negative_prompt_embeds = None
         prompt_embeds = prompt_embeds.to(device, unet_dtype).repeat_interleave(num_images_per_prompt, 0)
         return prompt_embeds, negative_prompt_embeds
+
+    def check_condition(self, name: str, embeds: torch.Tensor):
+        """Raises a `ValueError` when ready-made conditions are not `(batch, num_dream_queries, condition_dim)` finite."""
+        config = self.model.config
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or tuple(embeds.shape[1:]) != (
+            config.num_dream_queries, config.condition_dim
+        ):
+            shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise ValueError(f"{name} must have shape (batch, {config.num_dream_queries}, {config.condition_dim}), "
+                             f"got {shape}")
+        check_finite(name, embeds)
 
     def encode_negative_prompt(
         self, negative_prompt: str | list[str] | None, batch_size: int, device: torch.device
@@ -297,6 +320,8 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif latents.shape != shape:
             raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        else:
+            check_finite("latents", latents)
         return latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
     def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
@@ -431,10 +456,15 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         )
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("Pass exactly one of prompt or prompt_embeds")
+        if prompt is not None and not (isinstance(prompt, str) or (
+            isinstance(prompt, (list, tuple)) and prompt and all(isinstance(text, str) for text in prompt)
+        )):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
         default_height, default_width = self.default_image_size
-        height, width = height or default_height, width or default_width
+        height = default_height if height is None else height
+        width = default_width if width is None else width
         batch_size = prompt_embeds.shape[0] if prompt is None else 1 if isinstance(prompt, str) else len(prompt)
         self.check_inputs(
             num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
@@ -542,7 +572,8 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs
         )
         default_height, default_width = self.default_image_size
-        height, width = height or default_height, width or default_width
+        height = default_height if height is None else height
+        width = default_width if width is None else width
         texts, prompt_images = self.prepare_document_prompts(prompt, images, use_chat_template)
         self.check_inputs(
             num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
@@ -557,9 +588,6 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         generation_config, logits_processor, stopping_criteria = self.prepare_decoding(
             generation_config, logits_processor, stopping_criteria, inputs.input_ids.shape[1], device, generate_kwargs
         )
-        negative_prompt_embeds = None
-        if self.do_classifier_free_guidance:
-            negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, 1, device).to(self.unet.dtype)
         batch = DocumentBatch(
             inputs.input_ids,
             inputs.attention_mask,
@@ -568,7 +596,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             self.model.config.pad_token_id,
         )
         diffusion = {
-            "negative_prompt_embeds": negative_prompt_embeds,
+            "negative_prompt": negative_prompt,
             "num_inference_steps": num_inference_steps,
             "height": height,
             "width": width,
@@ -650,7 +678,9 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         if images is not None:
             raise ValueError("Put the images of a conversation into its messages ({'type': 'image', 'image': ...})")
         read = []
-        for message in conversation:
+        for index, message in enumerate(conversation):
+            if not isinstance(message.get("content"), (str, list)):
+                raise ValueError(f"Message {index} of the conversation has no content (a string or a list of items)")
             if message["role"] != "user" or isinstance(message["content"], str):
                 continue
             for item in message["content"]:
@@ -799,7 +829,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         rows: list[int],
         conditions: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None,
-        negative_prompt_embeds: torch.Tensor | None,
+        negative_prompt: str | None,
         num_inference_steps: int,
         height: int,
         width: int,
@@ -811,7 +841,9 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         if isinstance(generator, list):
             generator = [generator[index] for index in rows]
         prompt_embeds = conditions.to(self.unet.dtype)
-        if negative_prompt_embeds is not None:
+        negative_prompt_embeds = None
+        if self.do_classifier_free_guidance:
+            negative_prompt_embeds = self.unconditional_condition(negative_prompt, prompt_embeds.device)
             negative_prompt_embeds = negative_prompt_embeds.expand(len(rows), -1, -1)
         latents = self.prepare_latents(len(rows), height, width, prompt_embeds.dtype, prompt_embeds.device, generator)
         latents = self.denoise(
@@ -823,6 +855,15 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         outputs = latents if output_type == "latent" else self.vae_image_processor.postprocess(decoded, output_type)
         for index, picture, output in zip(rows, pictures, outputs):
             self.add_drawn_image(batch.rows[index], picture, output)
+
+    def unconditional_condition(self, negative_prompt: str | None, device: torch.device) -> torch.Tensor:
+        """
+        The unconditional condition of the images of one `__call__`: computed on its first draw (never for a
+        document without images) and reused by every other image of the call.
+        """
+        if self._negative_prompt_embeds is None:
+            self._negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, 1, device).to(self.unet.dtype)
+        return self._negative_prompt_embeds
 
     def add_drawn_image(self, row: DocumentRow, picture: PIL.Image.Image, output):
         """Writes a drawn image into a row: the document gets `output`; the model will read `picture` in an image block."""
@@ -991,6 +1032,12 @@ def select_tokens(
         int(torch.multinomial(row_probabilities.to(generator[index].device), 1, generator=generator[index]))
         for index, row_probabilities in zip(rows, probabilities)
     ]
+
+
+def check_finite(name: str, tensor: torch.Tensor):
+    """Raises a `ValueError` naming `tensor` when it holds NaN or infinite values."""
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
 
 
 def is_conversation(prompt) -> bool:
