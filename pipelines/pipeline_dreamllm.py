@@ -7,7 +7,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import HfApi, snapshot_download
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.generation.streamers import BaseStreamer
 from transformers.image_utils import load_image
 
 import diffusers
@@ -31,8 +32,18 @@ from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
 from dreamllm.processing import DreamLLMProcessor
 
 from .hub import pipeline_model_card
-from .interleaved import DocumentBatch, DocumentRow
+from .interleaved import DocumentBatch, DocumentRow, DocumentRun
 from .lora import DreamLLMLoraLoaderMixin
+from .streaming import (
+    DocumentDone,
+    ImageDone,
+    ImagePreview,
+    ImageStarted,
+    SegmentDecoder,
+    StreamerFeed,
+    StreamEvent,
+    TextDelta,
+)
 from .loading import WEIGHTED_COMPONENTS, LoadingOptions, components_with_variant
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -78,6 +89,23 @@ class DreamLLMPipelineOutput(BaseOutput):
     documents: list[list[str | PIL.Image.Image]] | None = None
     text: list[str] | None = None
     images: list[list[PIL.Image.Image]] | list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class DenoisingStep:
+    """
+    The state after one denoising step.
+
+    Args:
+        number (`int`): The step, counted from 1.
+        latents (`torch.Tensor`): The latents after the step.
+        estimate (`torch.Tensor`): The scheduler's estimate of the clean latents (`pred_original_sample`), or the
+            latents for schedulers that give none.
+    """
+
+    number: int
+    latents: torch.Tensor
+    estimate: torch.Tensor
 
 
 class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
@@ -344,6 +372,24 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         step. `callback_on_step_end` runs after every step and may replace the tensors it is given; once it sets
         `pipe._interrupt`, the remaining steps are skipped.
         """
+        for step in self.denoising_steps(
+            latents, prompt_embeds, negative_prompt_embeds, num_inference_steps, generator,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        ):
+            latents = step.latents
+        return latents
+
+    def denoising_steps(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> Iterator[DenoisingStep]:
+        """[`~DreamLLMPipeline.denoise`], one [`DenoisingStep`] at a time (none for the steps an interrupt skips)."""
         self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -361,7 +407,8 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
                 if self.do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_cond - noise_pred_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                scheduler_output = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs)
+                latents = scheduler_output.prev_sample
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {}
@@ -372,7 +419,8 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                     negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
                 progress_bar.update()
-        return latents
+                estimate = getattr(scheduler_output, "pred_original_sample", None)
+                yield DenoisingStep(i + 1, latents, latents if estimate is None else estimate)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE-decodes latents (divided by the VAE's scaling factor) to images in [-1, 1], `(batch, 3, H, W)`."""
@@ -514,6 +562,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        streamer: BaseStreamer | None = None,
         **generate_kwargs,
     ) -> DreamLLMPipelineOutput | tuple:
         r"""
@@ -560,6 +609,11 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs:
                 As for [`~DreamLLMPipeline.text_to_image`], at every denoising step of every image. Interrupting ends
                 the images being drawn and every document.
+            streamer (`BaseStreamer`, *optional*):
+                A transformers streamer (`TextStreamer`, `TextIteratorStreamer`, ...) for a single prompt: it gets the
+                prompt ids, then every sampled token as it is written, and `<image>` for each drawn image; its `end()`
+                is called however the call ends (also on an error or an interrupt). See
+                [`~DreamLLMPipeline.stream`] for typed events, images and batches.
 
         Returns:
             [`DreamLLMPipelineOutput`]: `documents` (text segments and images in reading order), `text` (with
@@ -568,6 +622,85 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         Raises:
             `ValueError`: on a bad setting, a prompt longer than the context, or a wrong number of images.
         """
+        try:
+            run = self.prepare_documents(
+                prompt, images, negative_prompt, use_chat_template, max_images, num_inference_steps, guidance_scale,
+                height, width, generator, generation_config, logits_processor, stopping_criteria, output_type,
+                callback_on_step_end, callback_on_step_end_tensor_inputs, **generate_kwargs,
+            )
+            feed = None if streamer is None else self.streamer_feed(streamer, run.batch)
+            for event in self.document_events(run, feed=feed):
+                pass
+        finally:
+            if streamer is not None:
+                streamer.end()
+        output = event.output
+        if not return_dict:
+            return output.documents, output.text, output.images
+        return output
+
+    def stream(self, prompt, images=None, preview_every: int | None = None, **kwargs) -> Iterator[StreamEvent]:
+        r"""
+        Writes documents like [`~DreamLLMPipeline.__call__`] and yields what happens as it happens.
+
+        Events (see `dreamllm.pipelines.streaming`): [`TextDelta`] (new text of a row; the deltas between two images
+        concatenate to that text segment of the document, multi-byte characters are never split), [`ImageStarted`]
+        (a row began an image), [`ImagePreview`] (every `preview_every` denoising steps, when asked), [`ImageDone`]
+        (the finished image) and, last, [`DocumentDone`] with the [`DreamLLMPipelineOutput`] the blocking call returns
+        for the same arguments and seed. Rows of a batch interleave; every event but the last names its row.
+
+        Breaking out of the loop, or closing the generator, stops the work and frees the key/value cache.
+
+        Args:
+            prompt, images, **kwargs: As for [`~DreamLLMPipeline.__call__`] (but `return_dict` and `streamer`).
+            preview_every (`int`, *optional*): Preview each image being drawn every this many steps (off when `None`).
+                A preview is the VAE decoding of the scheduler's current estimate of the clean latents (or of the
+                latents, for schedulers without one), as a PIL image.
+
+        Raises:
+            `ValueError`: at once, on the settings [`~DreamLLMPipeline.__call__`] rejects or a bad `preview_every`.
+
+        Example:
+
+        ```python
+        >>> from dreamllm.pipelines.streaming import ImageDone, TextDelta
+        >>> for event in pipe.stream("Draw a red circle.", generator=torch.Generator().manual_seed(0)):
+        ...     if isinstance(event, TextDelta):
+        ...         print(event.text, end="", flush=True)
+        ...     elif isinstance(event, ImageDone):
+        ...         event.image.save(f"image_{event.index}.png")
+        ```
+        """
+        for name in ("return_dict", "streamer"):
+            if name in kwargs:
+                raise ValueError(f"stream() does not take {name}; it yields events instead")
+        if preview_every is not None and (not isinstance(preview_every, int) or preview_every < 1):
+            raise ValueError(f"preview_every must be a whole number >= 1 or None, got {preview_every!r}")
+        run = self.prepare_documents(prompt, images, **kwargs)
+        return self.document_events(run, preview_every=preview_every)
+
+    @torch.no_grad()
+    def prepare_documents(
+        self,
+        prompt,
+        images=None,
+        negative_prompt: str | None = None,
+        use_chat_template: bool = True,
+        max_images: int = 4,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        **generate_kwargs,
+    ) -> DocumentRun:
+        """Checks the arguments of [`~DreamLLMPipeline.__call__`] and encodes the prompts: everything before decoding."""
         callback_on_step_end_tensor_inputs = self.resolve_callback_inputs(
             callback_on_step_end, callback_on_step_end_tensor_inputs
         )
@@ -604,18 +737,23 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             "callback_on_step_end": callback_on_step_end,
             "callback_on_step_end_tensor_inputs": callback_on_step_end_tensor_inputs,
         }
-        self.write_documents(
-            batch, generation_config, logits_processor, stopping_criteria, max_images, generator, diffusion
-        )
+        return DocumentRun(batch, generation_config, logits_processor, stopping_criteria, max_images, generator, diffusion)
 
+    def streamer_feed(self, streamer: BaseStreamer, batch: DocumentBatch) -> StreamerFeed:
+        """A feed of `streamer` (one prompt only, as for `model.generate`), which gets the prompt ids at once."""
+        if len(batch) != 1:
+            raise ValueError(f"streamer works with one prompt, got {len(batch)}; use pipe.stream(...) for a batch")
+        config = self.model.config
+        feed = StreamerFeed(streamer, config.image_token_id, config.dream_start_token_id)
+        feed.prompt(batch.rows[0].ids[None])
+        return feed
+
+    def document_output(self, batch: DocumentBatch) -> DreamLLMPipelineOutput:
+        """The documents, texts (with `<image>` where images stand) and images of finished rows."""
         documents = [self.processor.decode_document(row.new_ids, row.images) for row in batch.rows]
         text = [" ".join(self.processor.image_token if not isinstance(part, str) else part for part in document)
                 for document in documents]
-        images = [row.images for row in batch.rows]
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return documents, text, images
-        return DreamLLMPipelineOutput(documents=documents, text=text, images=images)
+        return DreamLLMPipelineOutput(documents=documents, text=text, images=[row.images for row in batch.rows])
 
     def prepare_document_prompts(
         self, prompt, images, use_chat_template: bool
@@ -735,46 +873,75 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         )
         return config, logits_processor, stopping_criteria
 
-    def write_documents(
-        self,
-        batch: DocumentBatch,
-        generation_config: GenerationConfig,
-        logits_processor: LogitsProcessorList,
-        stopping_criteria: StoppingCriteriaList,
-        max_images: int,
-        generator: torch.Generator | list[torch.Generator] | None,
-        diffusion: dict,
-    ):
+    @torch.no_grad()
+    def document_events(
+        self, run: DocumentRun, preview_every: int | None = None, feed: StreamerFeed | None = None
+    ) -> Iterator[StreamEvent]:
         """
-        The decoding loop. Each pass feeds every row's pending ids on the shared cache; then rows whose pass ended a
-        dream block get their image drawn (and its image block queued), and the other fed rows sample a token.
+        The decoding loop, yielding [`~DreamLLMPipeline.stream`]'s events. Each pass feeds every row's pending ids on
+        the shared cache; then rows whose pass ended a dream block get their image drawn (and its image block queued),
+        and the other fed rows sample a token. Closing the generator drops the cache.
         """
+        batch = run.batch
+        decoders = [SegmentDecoder(self.processor.tokenizer) for _ in batch.rows]
         cache = DynamicCache(config=self.model.config)
-        with self.progress_bar(total=generation_config.max_new_tokens) as progress_bar:
-            while batch.needs_forward:
-                chunk = batch.next_chunk()
-                outputs = self.model(
-                    input_ids=chunk.input_ids,
-                    attention_mask=chunk.attention_mask,
-                    position_ids=chunk.position_ids,
-                    pixel_values=chunk.pixel_values,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                drawing_rows = [index for index in chunk.fed_rows if batch.rows[index].drawing]
-                writing_rows = [index for index in chunk.fed_rows if not batch.rows[index].drawing]
-                if writing_rows:
-                    self.write_next_tokens(
-                        batch, outputs.logits[:, -1], writing_rows, generation_config, logits_processor,
-                        stopping_criteria, max_images, generator,
+        try:
+            with self.progress_bar(total=run.generation_config.max_new_tokens) as progress_bar:
+                while batch.needs_forward:
+                    chunk = batch.next_chunk()
+                    outputs = self.model(
+                        input_ids=chunk.input_ids,
+                        attention_mask=chunk.attention_mask,
+                        position_ids=chunk.position_ids,
+                        pixel_values=chunk.pixel_values,
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
                     )
-                if drawing_rows:
-                    self.draw_images(batch, drawing_rows, outputs.dream_conditions, generator, **diffusion)
-                if self.interrupt:
-                    for row in batch.rows:
-                        row.finished = True
-                progress_bar.update(max(row.num_new_tokens for row in batch.rows) - progress_bar.n)
+                    drawing_rows = [index for index in chunk.fed_rows if batch.rows[index].drawing]
+                    writing_rows = [index for index in chunk.fed_rows if not batch.rows[index].drawing]
+                    if writing_rows:
+                        tokens = self.write_next_tokens(
+                            batch, outputs.logits[:, -1], writing_rows, run.generation_config, run.logits_processor,
+                            run.stopping_criteria, run.max_images, run.generator,
+                        )
+                        for index, token in tokens.items():
+                            yield from self.token_events(batch.rows[index], index, token, decoders[index], feed)
+                    if drawing_rows:
+                        for event in self.draw_images(
+                            batch, drawing_rows, outputs.dream_conditions, run.generator, preview_every, **run.diffusion
+                        ):
+                            if feed is not None and isinstance(event, ImageDone):
+                                feed.image()
+                            yield event
+                    if self.interrupt:
+                        for row in batch.rows:
+                            row.finished = True
+                    progress_bar.update(max(row.num_new_tokens for row in batch.rows) - progress_bar.n)
+            del cache
+            for index, decoder in enumerate(decoders):
+                rest = decoder.finish()
+                if rest:
+                    yield TextDelta(index, rest)
+            yield DocumentDone(self.document_output(batch))
+        finally:
+            self.maybe_free_model_hooks()
+
+    def token_events(
+        self, row: DocumentRow, index: int, token: int, decoder: SegmentDecoder, feed: StreamerFeed | None
+    ) -> Iterator[StreamEvent]:
+        """The events of a sampled token: new text, or (for `<dream_start>`) the end of the segment and a new image."""
+        if feed is not None:
+            feed.token(token)
+        if token == self.model.config.dream_start_token_id:
+            rest = decoder.finish()
+            if rest:
+                yield TextDelta(index, rest)
+            yield ImageStarted(index, len(row.images))
+            return
+        delta = decoder.add(token)
+        if delta:
+            yield TextDelta(index, delta)
 
     def write_next_tokens(
         self,
@@ -786,8 +953,13 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         stopping_criteria: StoppingCriteriaList,
         max_images: int,
         generator: torch.Generator | list[torch.Generator] | None,
-    ):
-        """Samples (or picks) the next token of `rows`, queues a dream block after `<dream_start>`, and ends rows."""
+    ) -> dict[int, int]:
+        """
+        Samples (or picks) the next token of `rows`, queues a dream block after `<dream_start>`, and ends rows.
+
+        Returns:
+            The token each row of `rows` got, by row.
+        """
         sequences = batch.sequences()
         scores = logits_processor(sequences, self.mask_inserted_tokens(logits.float(), batch, max_images))
         next_tokens = select_tokens(scores[rows], generation_config.do_sample, generator, rows)
@@ -804,6 +976,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             out_of_room = len(row.ids) >= self.context_length
             if stopped[index] or out_of_room or row.num_new_tokens >= generation_config.max_new_tokens:
                 row.finished = True
+        return dict(zip(rows, next_tokens))
 
     def mask_inserted_tokens(self, scores: torch.Tensor, batch: DocumentBatch, max_images: int) -> torch.Tensor:
         """
@@ -829,6 +1002,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         rows: list[int],
         conditions: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None,
+        preview_every: int | None,
         negative_prompt: str | None,
         num_inference_steps: int,
         height: int,
@@ -836,8 +1010,11 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         output_type: str,
         callback_on_step_end,
         callback_on_step_end_tensor_inputs: list[str],
-    ):
-        """Draws the images of the dream blocks that `rows` just ended, writes them and queues their image blocks."""
+    ) -> Iterator[ImagePreview | ImageDone]:
+        """
+        Draws the images of the dream blocks that `rows` just ended, writes them and queues their image blocks,
+        yielding previews every `preview_every` steps (when set) and each finished image.
+        """
         if isinstance(generator, list):
             generator = [generator[index] for index in rows]
         prompt_embeds = conditions.to(self.unet.dtype)
@@ -846,15 +1023,22 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             negative_prompt_embeds = self.unconditional_condition(negative_prompt, prompt_embeds.device)
             negative_prompt_embeds = negative_prompt_embeds.expand(len(rows), -1, -1)
         latents = self.prepare_latents(len(rows), height, width, prompt_embeds.dtype, prompt_embeds.device, generator)
-        latents = self.denoise(
+        numbers = [len(batch.rows[index].images) for index in rows]
+        for step in self.denoising_steps(
             latents, prompt_embeds, negative_prompt_embeds, num_inference_steps, generator,
             callback_on_step_end, callback_on_step_end_tensor_inputs,
-        )
+        ):
+            latents = step.latents
+            if preview_every and step.number % preview_every == 0 and step.number < self.num_timesteps:
+                previews = self.vae_image_processor.postprocess(self.decode_latents(step.estimate), output_type="pil")
+                for index, number, preview in zip(rows, numbers, previews):
+                    yield ImagePreview(index, number, step.number, preview)
         decoded = self.decode_latents(latents)
         pictures = self.vae_image_processor.postprocess(decoded, output_type="pil")
         outputs = latents if output_type == "latent" else self.vae_image_processor.postprocess(decoded, output_type)
-        for index, picture, output in zip(rows, pictures, outputs):
+        for index, number, picture, output in zip(rows, numbers, pictures, outputs):
             self.add_drawn_image(batch.rows[index], picture, output)
+            yield ImageDone(index, number, output)
 
     def unconditional_condition(self, negative_prompt: str | None, device: torch.device) -> torch.Tensor:
         """
