@@ -1,22 +1,21 @@
 """Memory and toy accuracy of the built-in DreamLLM with its `model` component quantized on the CPU.
 
-    python benchmarks/bench_quantization.py [--steps 20]
+    cd benchmarks && python bench_quantization.py [--steps 20]
 
 For each quantization (none, optimum-quanto int8 / int4, torchao int8 weight-only), prints the bytes the `model`
 component's weights take (quantized tensors counted by their integer data and scales), the ratio to float32, the
-creation accuracy on the 18 (colour, shape) captions of benchmarks/evaluate_toy_model.py, and the time it took.
+creation accuracy of benchmarks/evaluate_toy_model.py (36 captions: 2 for each of the 18 (colour, shape) pairs), and
+the time it took. Run from benchmarks/.
 """
 
 import argparse
 import time
 
 import torch
+from evaluate_toy_model import creation
 from transformers import QuantoConfig, TorchAoConfig
 
 from dreamllm import DreamLLMPipeline
-from dreamllm.training import toy_world
-
-HELD_OUT_SEED = 10_000
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -42,17 +41,10 @@ def configurations() -> dict:
     }
 
 
-def creation_accuracy(pipe: DreamLLMPipeline, steps: int) -> tuple[int, int]:
-    pairs = [(colour, shape) for colour in toy_world.COLOUR_NAMES for shape in toy_world.SHAPES]
-    prompts = [f"A picture of {toy_world.short_description(*pair)}." for pair in pairs]
-    generators = [torch.Generator().manual_seed(HELD_OUT_SEED + index) for index in range(len(prompts))]
-    images = pipe.text_to_image(prompts, num_inference_steps=steps, generator=generators).images
-    return sum(toy_world.analyze_image(image) == pair for image, pair in zip(images, pairs)), len(pairs)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
     args = parser.parse_args()
     baseline = None
     print(f"{'quantization':<14} {'model MB':>9} {'vs fp32':>8} {'toy pictures':>13} {'seconds':>8}")
@@ -60,7 +52,7 @@ def main():
         start = time.perf_counter()
         pipe = DreamLLMPipeline.from_pretrained(quantization_config=config)
         pipe.set_progress_bar_config(disable=True)
-        correct, total = creation_accuracy(pipe, args.steps)
+        correct, total, _ = creation(pipe, args)
         size = weights_bytes(pipe.model)
         baseline = baseline or size
         print(f"{name:<14} {size / 1e6:>9.2f} {size / baseline:>7.2f}x {correct:>6}/{total:<6} "

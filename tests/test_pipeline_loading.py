@@ -164,3 +164,26 @@ def test_hub_id_takes_the_same_options_and_downloads_with_only_the_download_ones
     with pytest.raises(TypeError, match="unsupported argument\\(s\\): proxy"):
         DreamLLMPipeline.from_pretrained("someone/dreamllm-tiny", proxy="http://x")
     assert len(calls) == 1  # refused before any download
+
+
+@pytest.mark.parametrize("option, expected", [([], torch.bfloat16), (["--dtype", "float32"], torch.float32)])
+def test_generate_command_loads_the_saved_dtype_or_the_one_asked_for(tmp_path, monkeypatch, option, expected):
+    from dreamllm.cli import main
+
+    folder = tmp_path / "bf16"
+    tiny_pipeline(seed=1).to(torch.bfloat16).save_pretrained(folder)
+    loaded = []
+    load = DreamLLMPipeline.from_pretrained.__func__
+    monkeypatch.setattr(DreamLLMPipeline, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: loaded.append(load(cls, *args, **kwargs)) or loaded[-1]))
+    code = main(["generate", "Hi", "--model", str(folder), "--output", str(tmp_path / "out"), "--steps", "1",
+                 "--max-new-tokens", "2", "--max-images", "0", *option])
+    assert code == 0 and set(dtypes(loaded[0]).values()) == {expected}
+
+
+def test_generate_command_refuses_an_unknown_dtype(capsys):
+    from dreamllm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "Hi", "--dtype", "float8"])
+    assert exit_.value.code == 2 and "argument --dtype: invalid choice: 'float8'" in capsys.readouterr().err
