@@ -44,7 +44,7 @@ from .streaming import (
     StreamEvent,
     TextDelta,
 )
-from .loading import WEIGHTED_COMPONENTS, LoadingOptions, components_with_variant
+from .loading import WEIGHTED_COMPONENTS, LoadingOptions, check_saved_files, components_with_variant
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
@@ -1175,6 +1175,8 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
                    if name not in components}
         for name in classes:
             check_component_folder(folder, name)
+        top_level = [folder] if {"model", "processor"} - set(components) else []
+        check_saved_files(top_level + [folder / name for name in classes], weights_folders, options.variant)
         variants = components_with_variant(weights_folders, options.variant)
         devices = options.component_devices(weights_folders)
         if "model" not in components:

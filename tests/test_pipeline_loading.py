@@ -3,6 +3,7 @@ low_cpu_mem_usage, quantization_config) for a folder and a Hub id alike, refuses
 and save_pretrained writes the variant, shards and format it is asked for."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -187,3 +188,50 @@ def test_generate_command_refuses_an_unknown_dtype(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "Hi", "--dtype", "float8"])
     assert exit_.value.code == 2 and "argument --dtype: invalid choice: 'float8'" in capsys.readouterr().err
+
+
+def truncate(relative_path):
+    def damage(folder):
+        path = folder / relative_path
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return damage
+
+
+def write(relative_path, text):
+    return lambda folder: (folder / relative_path).write_text(text)
+
+
+def remove(relative_path):
+    return lambda folder: shutil.rmtree(folder / relative_path) if (folder / relative_path).is_dir() else (
+        folder / relative_path).unlink()
+
+
+@pytest.mark.parametrize(
+    "damage, error, message",
+    [
+        (truncate("model.safetensors"), ValueError, r"model.safetensors is damaged \(a truncated or corrupt"),
+        (truncate("unet/diffusion_pytorch_model.safetensors"), ValueError,
+         r"unet/diffusion_pytorch_model.safetensors is damaged"),
+        (remove("unet/diffusion_pytorch_model.safetensors"), FileNotFoundError,
+         r"unet holds no \*.safetensors weights for the unet component"),
+        (remove("model.safetensors"), FileNotFoundError, r"holds no \*.safetensors weights for the model component"),
+        (remove("unet"), FileNotFoundError, r"has no unet/ folder: a saved DreamLLMPipeline holds unet/, vae/ and "
+                                            r"scheduler/"),
+        (remove("vae/config.json"), FileNotFoundError, r"has no vae/ config.json in its folder"),
+        (remove("scheduler"), FileNotFoundError, r"has no scheduler/ folder"),
+        (write("tokenizer.json", "{not json"), ValueError, r"tokenizer.json is not valid JSON"),
+        (write("unet/config.json", "{"), ValueError, r"unet/config.json is not valid JSON"),
+        (write("config.json", "[]"), ValueError, r"config.json holds a JSON list, not an object"),
+        (write("scheduler/scheduler_config.json", "\xff"), ValueError, r"scheduler_config.json is not valid JSON"),
+    ],
+    ids=["truncated-model", "truncated-unet", "unet-weights-missing", "model-weights-missing", "unet-folder-missing",
+         "vae-config-missing", "scheduler-folder-missing", "broken-tokenizer", "broken-unet-config",
+         "config-not-an-object", "broken-scheduler-config"],
+)
+def test_damaged_folders_are_refused_naming_the_file(saved, tmp_path, damage, error, message):
+    folder = tmp_path / "damaged"
+    shutil.copytree(saved, folder)
+    damage(folder)
+    with pytest.raises(error, match=message):
+        DreamLLMPipeline.from_pretrained(folder)
