@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from drawing import draw_first
 
 from dreamllm.testing import tiny_pipeline
 
@@ -15,13 +16,7 @@ CONDITION = (4, 8)  # num_dream_queries, condition_dim of the tiny model
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = tiny_pipeline(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def draw_first(pipe):
-    return {"sequence_bias": {(pipe.model.config.dream_start_token_id,): 50.0}, "max_new_tokens": 12}
+    return tiny_pipeline(seed=0)
 
 
 BOTH_ENTRY_POINTS = [
@@ -73,6 +68,7 @@ def test_unconditional_condition_is_computed_on_the_first_draw_once_per_call(pip
     compute = pipe.model.get_unconditional_dream_conditions
     monkeypatch.setattr(pipe.model, "get_unconditional_dream_conditions",
                         lambda *args, **kwargs: computations.append(1) or compute(*args, **kwargs))
-    output = pipe("hi", num_inference_steps=1, guidance_scale=3.0, max_images=images_drawn, **draw_first(pipe))
+    output = pipe("hi", num_inference_steps=1, guidance_scale=3.0, max_images=images_drawn,
+                  **draw_first(pipe, max_new_tokens=12))
     assert len(output.images[0]) == images_drawn
     assert len(computations) == expected_computations

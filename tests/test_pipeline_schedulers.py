@@ -4,6 +4,7 @@ construction. The pipeline's properties hold after every call."""
 import numpy as np
 import pytest
 import torch
+from drawing import draw_first
 from diffusers import (
     DDIMScheduler,
     DDPMWuerstchenScheduler,
@@ -30,14 +31,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = tiny_pipeline(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def draw_first(pipe):
-    """Settings that make the tiny random model draw one image first."""
-    return {"sequence_bias": {(pipe.model.config.dream_start_token_id,): 50.0}, "max_images": 1, "max_new_tokens": 3}
+    return tiny_pipeline(seed=0)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +78,7 @@ def test_properties_are_defined_before_and_after_every_call(pipe):
     pipe("hi", max_images=0, max_new_tokens=2, guidance_scale=3.0)
     assert (pipe.num_timesteps, pipe.guidance_scale, pipe.do_classifier_free_guidance, pipe.interrupt) == (
         0, 3.0, True, False)
-    pipe("hi", num_inference_steps=STEPS, guidance_scale=1.0, **draw_first(pipe))
+    pipe("hi", num_inference_steps=STEPS, guidance_scale=1.0, **draw_first(pipe, max_images=1, max_new_tokens=3))
     assert (pipe.num_timesteps, pipe.do_classifier_free_guidance) == (STEPS, False)
     pipe.text_to_image("a cat", num_inference_steps=3, output_type="latent")
     assert pipe.num_timesteps == 3
