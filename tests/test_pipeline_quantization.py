@@ -57,3 +57,17 @@ def test_quantized_language_model_still_draws_the_toy_pictures(quantization_conf
     generators = [torch.Generator().manual_seed(10_000 + index) for index in range(len(prompts))]
     images = pipe.text_to_image(prompts, num_inference_steps=STEPS, generator=generators).images
     assert [toy_world.analyze_image(image) for image in images] == CAPTIONS
+
+
+def test_pipeline_config_quantizes_each_component_it_maps():
+    from diffusers import QuantoConfig as DiffusersQuantoConfig
+
+    mapping = {"model": QuantoConfig(weights="int8"), "unet": DiffusersQuantoConfig(weights_dtype="int8")}
+    pipe = DreamLLMPipeline.from_pretrained(quantization_config=PipelineQuantizationConfig(quant_mapping=mapping))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.model.is_quantized and pipe.unet.is_quantized
+    assert all(is_quantized(weight) for weight in linear_weights(pipe.unet))
+    assert not any(is_quantized(weight) for weight in linear_weights(pipe.vae))
+    image = pipe.text_to_image("A picture of a red circle.", num_inference_steps=STEPS,
+                               generator=torch.Generator().manual_seed(10_000)).images[0]
+    assert toy_world.analyze_image(image) == ("red", "circle")
