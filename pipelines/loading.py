@@ -152,6 +152,11 @@ class LoadingOptions:
         return {component: device for device, components in assignment.items() for component in components}
 
 
+    def final_device_map(self, devices: dict[str, object]) -> str | dict[str, object] | None:
+        """The pipeline's `hf_device_map`, as diffusers sets it: the device named, or the `"balanced"` assignment."""
+        return (devices or None) if self.device_map == "balanced" else self.device_map
+
+
 def weight_files(folder: Path, variant: str | None) -> list[Path]:
     """The safetensors weight files directly in `folder` of `variant` (or of no variant)."""
     files = sorted(folder.glob("*.safetensors"))

@@ -1194,7 +1194,9 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         pipeline = cls(**components)
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         if options.device_map is not None:
-            pipeline.hf_device_map = devices or None
+            pipeline.hf_device_map = options.final_device_map(devices)
+        if options.quantization_config is not None:
+            pipeline.quantization_config = options.quantization_config
         return pipeline
 
 
