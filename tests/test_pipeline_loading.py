@@ -236,3 +236,20 @@ def test_damaged_folders_are_refused_naming_the_file(saved, tmp_path, damage, er
     damage(folder)
     with pytest.raises(error, match=message):
         DreamLLMPipeline.from_pretrained(folder)
+
+
+def test_balanced_device_map_spreads_whole_components_by_size(saved, monkeypatch):
+    """With two accelerators, the biggest component goes to the one with most memory, the next to the other, as
+    diffusers' "balanced" assigns; a component bigger than the accelerator stays on the CPU (unassigned components load
+    there)."""
+    import dreamllm.pipelines.loading as loading
+
+    folders = {"model": saved, "unet": saved / "unet", "vae": saved / "vae"}
+    sizes = {name: loading.weights_size(folder, None) for name, folder in folders.items()}
+    biggest, second, third = sorted(sizes, key=sizes.get, reverse=True)
+    monkeypatch.setattr(loading, "get_max_memory", lambda max_memory=None: {0: 10**9, 1: 10**8, "cpu": 10**10})
+    devices = loading.LoadingOptions(device_map="balanced").component_devices(folders)
+    assert devices[biggest] == 0 and devices[second] == 1 and devices[third] == 1
+    monkeypatch.setattr(loading, "get_max_memory", lambda max_memory=None: {0: sizes[third] + 1, "cpu": 10**10})
+    devices = loading.LoadingOptions(device_map="balanced").component_devices(folders)
+    assert [devices.get(name, "cpu") for name in (biggest, second, third)] == ["cpu", "cpu", 0]
