@@ -84,12 +84,11 @@ class LoadingOptions:
             if unknown:
                 raise ValueError(f"dtype names unknown component(s) {', '.join(unknown)}; components with weights "
                                  f"are {', '.join(WEIGHTED_COMPONENTS)} (and 'default' for the others)")
-        if self.variant is not None and (not isinstance(self.variant, str) or not re.fullmatch(r"[\w-]+", self.variant)):
+        if self.variant is not None and not (isinstance(self.variant, str) and re.fullmatch(r"[\w-]+", self.variant)):
             raise ValueError(f"variant must be a name such as 'fp16', got {self.variant!r}")
         if self.device_map is not None and self.device_map not in SUPPORTED_DEVICE_MAP:
-            raise ValueError(
-                f"device_map {self.device_map!r} is not supported; use one of {', '.join(dict.fromkeys(SUPPORTED_DEVICE_MAP))}"
-            )
+            supported = ", ".join(dict.fromkeys(SUPPORTED_DEVICE_MAP))
+            raise ValueError(f"device_map {self.device_map!r} is not supported; use one of {supported}")
         if self.device_map is not None and not self.low_cpu_mem_usage:
             raise ValueError(f"low_cpu_mem_usage=False cannot be combined with device_map={self.device_map!r}")
         if self.quantization_config is not None and not isinstance(

@@ -44,7 +44,7 @@ from .streaming import (
     StreamEvent,
     TextDelta,
 )
-from .loading import WEIGHTED_COMPONENTS, LoadingOptions, check_saved_files, components_with_variant
+from .loading import COMPONENTS, WEIGHTED_COMPONENTS, LoadingOptions, check_saved_files, components_with_variant
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
@@ -301,7 +301,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         return prompt_embeds, negative_prompt_embeds
 
     def check_condition(self, name: str, embeds: torch.Tensor):
-        """Raises a `ValueError` when ready-made conditions are not `(batch, num_dream_queries, condition_dim)` finite."""
+        """Raises a `ValueError` unless ready-made conditions are finite, `(batch, num_dream_queries, condition_dim)`."""
         config = self.model.config
         if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or tuple(embeds.shape[1:]) != (
             config.num_dream_queries, config.condition_dim
@@ -1164,7 +1164,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             missing file or folder, the missing variant, or the component of the wrong kind.
         """
         options = LoadingOptions.pop_from(kwargs)
-        components = {name: kwargs.pop(name) for name in ("model", "processor", "unet", "vae", "scheduler") if name in kwargs}
+        components = {name: kwargs.pop(name) for name in COMPONENTS if name in kwargs}
         folder = resolve_pretrained_folder(pretrained_model_name_or_path or TOY_MODEL_PATH, **options.download)
         model_index = read_model_index(folder)
         weights_folders = {
@@ -1285,7 +1285,10 @@ def check_scheduler(scheduler):
             f"DDPM-style scheduler such as DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler)"
         )
     step_parameters = inspect.signature(scheduler.step).parameters.values()
-    required = [p.name for p in step_parameters if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+    required = [
+        parameter.name for parameter in step_parameters
+        if parameter.default is inspect.Parameter.empty and parameter.kind == parameter.POSITIONAL_OR_KEYWORD
+    ]
     if required != ["model_output", "timestep", "sample"]:
         raise TypeError(f"{name} cannot drive DreamLLM's UNet: its step needs {', '.join(required)}")
     takes_prediction_type = "prediction_type" in inspect.signature(type(scheduler).__init__).parameters
