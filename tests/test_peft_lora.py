@@ -235,3 +235,44 @@ def test_pipeline_loads_diffusers_unet_lora_and_weighs_it(tmp_path):
 def test_lora_misuse_is_reported_clearly(tmp_path, call, error, message):
     with pytest.raises(error, match=message):
         call(tiny_pipeline(0), tmp_path)
+
+
+@pytest.fixture()
+def plain_adapter(tmp_path):
+    """A language-model LoRA adapter with random (non-zero) weights and nothing else, saved by transformers."""
+    from peft import LoraConfig
+
+    model, _ = tiny_model_and_processor(0)
+    model.add_adapter(LoraConfig(r=4, target_modules=LANGUAGE_MODEL_TARGETS, init_lora_weights=False), adapter_name="plain")
+    model.save_pretrained(tmp_path / "plain")
+    return tmp_path / "plain"
+
+
+LANGUAGE_MODEL_TARGETS = r"model\.language_model\.layers\.\d+\.self_attn\.(q|v)_proj"
+
+
+def test_adapter_weights_and_fuse_scale_weigh_the_language_model_lora(plain_adapter):
+    base = t2i(tiny_pipeline(0))
+    pipe = tiny_pipeline(0)
+    pipe.load_lora_weights(plain_adapter, adapter_name="plain")
+    full = t2i(pipe)
+    pipe.set_adapters("plain", adapter_weights=0.0)
+    torch.testing.assert_close(t2i(pipe), base, rtol=0, atol=1e-6)
+    pipe.set_adapters("plain", adapter_weights=0.5)
+    half = t2i(pipe)
+    assert not torch.allclose(half, base) and not torch.allclose(half, full)
+    pipe.set_adapters("plain")
+    pipe.fuse_lora(lora_scale=0.5)
+    torch.testing.assert_close(t2i(pipe), half, rtol=0, atol=1e-4)
+
+
+def test_load_lora_weights_from_a_hub_id_downloads_the_adapter(plain_adapter, monkeypatch):
+    import dreamllm.pipelines.pipeline_dreamllm as pipeline_module
+
+    calls = []
+    monkeypatch.setattr(pipeline_module, "snapshot_download",
+                        lambda repo_id, **kwargs: calls.append((repo_id, kwargs)) or str(plain_adapter))
+    pipe = tiny_pipeline(0)
+    pipe.load_lora_weights("someone/dreamllm-lora", revision="main")
+    assert calls == [("someone/dreamllm-lora", {"revision": "main"})]
+    assert pipe.get_list_adapters() == {"model": ["default"]}
