@@ -89,6 +89,8 @@ class LoadingOptions:
         if self.device_map is not None and self.device_map not in SUPPORTED_DEVICE_MAP:
             supported = ", ".join(dict.fromkeys(SUPPORTED_DEVICE_MAP))
             raise ValueError(f"device_map {self.device_map!r} is not supported; use one of {supported}")
+        if self.max_memory is not None and self.device_map is None:
+            raise ValueError("max_memory bounds the devices of a device_map; pass device_map too")
         if self.device_map is not None and not self.low_cpu_mem_usage:
             raise ValueError(f"low_cpu_mem_usage=False cannot be combined with device_map={self.device_map!r}")
         if self.quantization_config is not None and not isinstance(
@@ -122,6 +124,8 @@ class LoadingOptions:
             kwargs["variant"] = self.variant
         if device is not None:
             kwargs["device_map"] = device if isinstance(device, str) else {"": device}
+            if self.max_memory is not None:
+                kwargs["max_memory"] = self.max_memory
         quantization = self.component_quantization(name)
         if quantization is not None:
             kwargs["quantization_config"] = quantization

@@ -131,6 +131,7 @@ def test_low_cpu_mem_usage_either_way_loads_the_same_weights(original, saved):
         ({"dtype": torch.float16, "torch_dtype": torch.float16}, TypeError, "dtype or torch_dtype, not both"),
         ({"device_map": "auto"}, ValueError, "device_map 'auto' is not supported; use one of balanced"),
         ({"device_map": "cpu", "low_cpu_mem_usage": False}, ValueError, "low_cpu_mem_usage=False cannot be combined"),
+        ({"max_memory": {"cpu": "1GB"}}, ValueError, "max_memory bounds the devices of a device_map"),
         ({"quantization_config": {"load_in_8bit": True}}, TypeError, "quantization_config must be a diffusers "
                                                                     "PipelineQuantizationConfig"),
         ({"use_safetensors": False}, ValueError, "safetensors only"),
