@@ -124,7 +124,8 @@ class DreamLLMLoraLoaderMixin:
         check_lora_components(components)
         if "model" in components:
             for layer in lora_layers(self.model):
-                layer.unmerge()
+                if layer.merged:
+                    layer.unmerge()
         if "unet" in components and "unet" in self.get_list_adapters():
             self.unet.unfuse_lora()
 
