@@ -216,7 +216,11 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         batch_size: int,
     ):
-        """Raises a `ValueError` naming the argument when a diffusion setting cannot be used."""
+        """
+        Raises a `ValueError` naming the argument when a diffusion setting cannot be used, and a `TypeError` when the
+        scheduler (set by any means) cannot drive the UNet.
+        """
+        check_scheduler(self.scheduler)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:

@@ -72,6 +72,14 @@ def test_schedulers_the_unet_cannot_use_are_refused_at_assignment_and_constructi
         DreamLLMPipeline(**{**pipe.components, "scheduler": scheduler})
 
 
+def test_a_scheduler_set_around_the_check_is_refused_at_call(monkeypatch):
+    pipe = tiny_pipeline(seed=0)
+    monkeypatch.setitem(pipe.__dict__, "scheduler", FlowMatchEulerDiscreteScheduler())
+    for call in (lambda: pipe.text_to_image("a cat", num_inference_steps=1), lambda: pipe("hi", max_new_tokens=1)):
+        with pytest.raises(TypeError, match="FlowMatchEulerDiscreteScheduler cannot drive DreamLLM's UNet"):
+            call()
+
+
 def test_properties_are_defined_before_and_after_every_call(pipe):
     fresh = tiny_pipeline(seed=0)
     assert (fresh.num_timesteps, fresh.guidance_scale, fresh.interrupt) == (0, 1.0, False)
