@@ -29,6 +29,7 @@ from transformers.image_utils import load_image
 import diffusers
 from dreamllm.file_utils import atomic_directory
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
+from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.processing import DreamLLMProcessor
 
 from .hub import pipeline_model_card
@@ -867,6 +868,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         if config.max_new_tokens is None:
             config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         config.max_length = None
+        config.eos_token_id = self.eos_token_ids_without_dream_start(config.eos_token_id)
         self.model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=device)
         logits_processor = self.model._get_logits_processor(
             config, input_ids_seq_length=prompt_length, logits_processor=logits_processor or LogitsProcessorList(),
@@ -876,6 +878,12 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             config, stopping_criteria or StoppingCriteriaList(), tokenizer=self.processor.tokenizer
         )
         return config, logits_processor, stopping_criteria
+
+    def eos_token_ids_without_dream_start(self, eos_token_id: int | list[int] | None) -> list[int]:
+        """The end-of-sequence ids for the pipeline's own decoding, which draws at `<dream_start>` instead of stopping
+        there as plain `generate` does (see `apply_dreamllm_generation_defaults`)."""
+        eos_token_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+        return [token_id for token_id in eos_token_ids if token_id != self.model.config.dream_start_token_id]
 
     @torch.no_grad()
     def document_events(
@@ -898,7 +906,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
                         attention_mask=chunk.attention_mask,
                         position_ids=chunk.position_ids,
                         pixel_values=chunk.pixel_values,
-                        past_key_values=cache,
+                        **{CACHE_ARGUMENT: cache},
                         use_cache=True,
                         logits_to_keep=1,
                     )
