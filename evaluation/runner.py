@@ -15,8 +15,10 @@ from pathlib import Path
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from dreamllm.pipelines.pipeline_dreamllm import TOY_MODEL_PATH, resolve_pretrained_folder
+
 from .data import load_samples
-from .presets import Preset, get_preset
+from .presets import DEFAULT_PRESETS, Preset, get_preset
 from .tasks import COMPREHENSION_TASKS, VizWizTask
 
 SETTINGS_FILE, RESULTS_FILE, PREDICTIONS_GLOB = "settings.json", "results.json", "predictions-rank*.jsonl"
@@ -70,7 +72,8 @@ def evaluate(
     samples = load_samples(task, data, **(data_options or {}))[:limit]
     units = runner.units(samples, circular=circular)
     output = Path(output_dir)
-    settings = run_settings(task, preset, chosen, data, limit, seed, circular, model_name, pipe, task_options)
+    settings = run_settings(task, preset or DEFAULT_PRESETS[task], chosen, data, limit, seed, circular, model_name, pipe, task_options)
+    runner.prepare(pipe, chosen, output)
     state = PartialState()
     if state.is_main_process:
         claim_output(output, settings)
@@ -112,10 +115,14 @@ def data_fingerprint(data: str) -> str | None:
 
 def model_revision(pipe) -> str | None:
     """The Hub commit of a downloaded model (its snapshot folder), or a fingerprint of a local one's config files."""
-    folder = getattr(pipe, "source_folder", None) or getattr(pipe.config, "_name_or_path", None)
-    if not folder or not Path(str(folder)).is_dir():
-        return None
-    path = Path(str(folder)).resolve()
+    name = getattr(pipe.config, "_name_or_path", None)
+    folder = Path(TOY_MODEL_PATH) if name in (None, "None", "") else Path(str(name))
+    if not folder.is_dir():
+        try:
+            folder = resolve_pretrained_folder(str(name), local_files_only=True)
+        except (OSError, ValueError):
+            return None
+    path = folder.resolve()
     if path.parent.name == "snapshots":
         return path.name
     digest = hashlib.sha256()
@@ -176,8 +183,7 @@ def predict_shard(runner, pipe, units, preset, seed, batch_size, output: Path, s
     with open(output / f"predictions-rank{state.process_index}.jsonl", "a", encoding="utf-8") as handle:
         for start in range(0, len(mine), batch_size):
             batch = mine[start:start + batch_size]
-            for record in runner.predict(pipe, batch, preset, seed, output) if runner.writes_files else \
-                    runner.predict(pipe, batch, preset, seed):
+            for record in runner.predict(pipe, batch, preset, seed):
                 handle.write(json.dumps(record) + "\n")
             handle.flush()
             progress.update(len(batch))

@@ -25,7 +25,9 @@ class ComprehensionTask:
     """A task that shows the model one image and a question and reads its text answer."""
 
     name = ""
-    writes_files = False
+
+    def prepare(self, pipe, preset: Preset, output):
+        """Nothing to prepare: comprehension tasks keep only their prediction records."""
 
     def configure(self, pipe, **options):
         if options:
