@@ -32,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamllm import DreamLLMPipeline
-
     from .runner import evaluate
 
     for name in ("batch_size", "limit", "max_new_tokens", "num_inference_steps", "num_images_per_caption",
@@ -41,11 +39,10 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    pipe = DreamLLMPipeline.from_pretrained(args.model)
     task_options = {k: v for k, v in (("clip_model", args.clip_model), ("fid_features", args.fid_features)) if v}
     report = evaluate(
-        args.task, pipe, args.data, args.output, preset=args.preset, batch_size=args.batch_size, limit=args.limit,
-        seed=args.seed, circular=args.circular, model_name=args.model or "built-in toy model",
+        args.task, args.model, args.data, args.output, preset=args.preset, batch_size=args.batch_size, limit=args.limit,
+        seed=args.seed, circular=args.circular, 
         data_options={"image_root": args.image_root, "annotations": args.annotations, "split": args.split},
         task_options=task_options or None,
         system_prompt=args.system_prompt, prompt=args.prompt, post_prompt=args.post_prompt,

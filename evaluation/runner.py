@@ -15,7 +15,7 @@ from pathlib import Path
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from dreamllm.pipelines.pipeline_dreamllm import TOY_MODEL_PATH, resolve_pretrained_folder
+from dreamllm.pipelines.pipeline_dreamllm import TOY_MODEL_PATH, DreamLLMPipeline, resolve_pretrained_folder
 
 from .data import load_samples
 from .presets import DEFAULT_PRESETS, Preset, get_preset
@@ -51,7 +51,8 @@ def evaluate(
     **overrides,
 ) -> dict:
     """
-    Evaluates `pipe` (a `DreamLLMPipeline`) on `task` over `data` and returns the report written to
+    Evaluates `pipe` (a `DreamLLMPipeline`, or a folder / Hub repo / `None` for the toy model, loaded once the data
+    and the output folder are checked) on `task` over `data` and returns the report written to
     `output_dir/results.json`: the scores, the number of samples and of failed ones (each listed with its error), and
     every setting (preset and overrides, seed, data, model and its revision, package versions).
 
@@ -67,17 +68,23 @@ def evaluate(
         raise ValueError(f"limit must be a whole number >= 1, got {limit!r}")
     chosen = get_preset(task, preset).with_overrides(**overrides)
     runner = make_task(task, preset)
-    if task_options:
-        runner.configure(pipe, **task_options)
     samples = load_samples(task, data, **(data_options or {}))[:limit]
     units = runner.units(samples, circular=circular)
     output = Path(output_dir)
-    settings = run_settings(task, preset or DEFAULT_PRESETS[task], chosen, data, limit, seed, circular, model_name, pipe, task_options)
-    runner.prepare(pipe, chosen, output)
+    model_source = pipe if isinstance(pipe, (str, os.PathLike, type(None))) else pipe.config._name_or_path
+    settings = run_settings(task, preset or DEFAULT_PRESETS[task], chosen, data, limit, seed, circular,
+                            model_name, model_source, task_options)
     state = PartialState()
-    if state.is_main_process:
-        claim_output(output, settings)
+    check_output(output, settings)  # on every process, so that each stops with the same error
     state.wait_for_everyone()
+    if state.is_main_process and not (output / SETTINGS_FILE).exists():
+        output.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(output / SETTINGS_FILE, settings)
+    state.wait_for_everyone()
+    if isinstance(pipe, (str, os.PathLike, type(None))):
+        pipe = DreamLLMPipeline.from_pretrained(pipe)
+    runner.configure(pipe, **(task_options or {}))
+    runner.prepare(pipe, chosen, output)
     predict_shard(runner, pipe, units, chosen, seed, batch_size, output, state)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -86,7 +93,8 @@ def evaluate(
     return json.loads((output / RESULTS_FILE).read_text(encoding="utf-8"))
 
 
-def run_settings(task, preset_name, preset: Preset, data, limit, seed, circular, model_name, pipe, task_options) -> dict:
+def run_settings(task, preset_name, preset: Preset, data, limit, seed, circular, model_name, model_source,
+                 task_options) -> dict:
     """Everything that decides the predictions: what makes a rerun in the same folder resumable."""
     return {
         "task": task,
@@ -96,7 +104,7 @@ def run_settings(task, preset_name, preset: Preset, data, limit, seed, circular,
         "limit": limit,
         "circular": circular,
         "data": {"name": Path(data).name if Path(data).exists() else data, "sha256": data_fingerprint(data)},
-        "model": {"name": model_name, "revision": model_revision(pipe)},
+        "model": {"name": model_name or model_display_name(model_source), "revision": model_revision(model_source)},
         "task_options": {k: str(v) for k, v in (task_options or {}).items()},
         "versions": package_versions(),
     }
@@ -113,9 +121,18 @@ def data_fingerprint(data: str) -> str | None:
     return digest.hexdigest()
 
 
-def model_revision(pipe) -> str | None:
-    """The Hub commit of a downloaded model (its snapshot folder), or a fingerprint of a local one's config files."""
-    name = getattr(pipe.config, "_name_or_path", None)
+def model_display_name(source) -> str:
+    """A Hub repo id as given, a local folder by its name (no absolute path is recorded)."""
+    if source in (None, "None", ""):
+        return "built-in toy model"
+    return Path(str(source)).name if Path(str(source)).exists() else str(source)
+
+
+def model_revision(name) -> str | None:
+    """
+    The Hub commit of a downloaded model (its snapshot folder), or a fingerprint of a local one's files (names,
+    sizes and the JSON configs); `None` names the built-in toy model.
+    """
     folder = Path(TOY_MODEL_PATH) if name in (None, "None", "") else Path(str(name))
     if not folder.is_dir():
         try:
@@ -144,8 +161,8 @@ def package_versions() -> dict:
     return versions
 
 
-def claim_output(output: Path, settings: dict):
-    """Writes the run's settings into `output`, or checks that a previous run there had the same ones."""
+def check_output(output: Path, settings: dict):
+    """Checks that `output` is new, empty, or holds a run with the same settings (which this run resumes)."""
     settings_file = output / SETTINGS_FILE
     if settings_file.exists():
         previous = json.loads(settings_file.read_text(encoding="utf-8"))
@@ -158,8 +175,6 @@ def claim_output(output: Path, settings: dict):
         return
     if output.exists() and any(output.iterdir()):
         raise ValueError(f"output folder {output} is not empty and holds no evaluation run")
-    output.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(settings_file, settings)
 
 
 def read_predictions(output: Path) -> dict[int, dict]:
@@ -180,7 +195,9 @@ def predict_shard(runner, pipe, units, preset, seed, batch_size, output: Path, s
     mine = [u for u in units if u["index"] % state.num_processes == state.process_index and u["index"] not in done]
     progress = tqdm(total=len(mine), desc=f"{runner.name} (process {state.process_index})",
                     disable=not state.is_local_main_process)
-    with open(output / f"predictions-rank{state.process_index}.jsonl", "a", encoding="utf-8") as handle:
+    predictions_file = output / f"predictions-rank{state.process_index}.jsonl"
+    drop_cut_last_line(predictions_file)
+    with open(predictions_file, "a", encoding="utf-8") as handle:
         for start in range(0, len(mine), batch_size):
             batch = mine[start:start + batch_size]
             for record in runner.predict(pipe, batch, preset, seed):
@@ -188,6 +205,15 @@ def predict_shard(runner, pipe, units, preset, seed, batch_size, output: Path, s
             handle.flush()
             progress.update(len(batch))
     progress.close()
+
+
+def drop_cut_last_line(path: Path):
+    """Removes a last line that an interruption left without its newline, so new records start on their own line."""
+    if not path.exists():
+        return
+    content = path.read_bytes()
+    if content and not content.endswith(b"\n"):
+        path.write_bytes(content[:content.rfind(b"\n") + 1])
 
 
 def write_report(output: Path, runner, units: list[dict], settings: dict, num_samples: int):

@@ -30,6 +30,7 @@ class ComprehensionTask:
         """Nothing to prepare: comprehension tasks keep only their prediction records."""
 
     def configure(self, pipe, **options):
+        """Comprehension tasks take no options."""
         if options:
             raise ValueError(f"the {self.name} task takes no option {', '.join(sorted(options))}")
 
