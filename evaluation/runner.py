@@ -12,6 +12,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
@@ -74,7 +75,7 @@ def evaluate(
     model_source = pipe if isinstance(pipe, (str, os.PathLike, type(None))) else pipe.config._name_or_path
     settings = run_settings(task, preset or DEFAULT_PRESETS[task], chosen, data, limit, seed, circular,
                             model_name, model_source, task_options)
-    state = PartialState()
+    state = PartialState(cpu=not torch.accelerator.is_available())
     check_output(output, settings)  # on every process, so that each stops with the same error
     state.wait_for_everyone()
     if state.is_main_process and not (output / SETTINGS_FILE).exists():
@@ -82,7 +83,7 @@ def evaluate(
         write_json_atomically(output / SETTINGS_FILE, settings)
     state.wait_for_everyone()
     if isinstance(pipe, (str, os.PathLike, type(None))):
-        pipe = DreamLLMPipeline.from_pretrained(pipe)
+        pipe = DreamLLMPipeline.from_pretrained(pipe).to(state.device)
     runner.configure(pipe, **(task_options or {}))
     runner.prepare(pipe, chosen, output)
     predict_shard(runner, pipe, units, chosen, seed, batch_size, output, state)
