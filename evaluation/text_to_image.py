@@ -44,6 +44,27 @@ class ClipImageFeatures(nn.Module):
         return self.vision_model(pixel_values=pixel_values).pooler_output.float()
 
 
+class ClipEmbeddings(nn.Module):
+    """
+    A `CLIPModel` whose `get_image_features` / `get_text_features` return the projected embeddings as tensors, as
+    torchmetrics' CLIP score expects (transformers 5 returns them as the `pooler_output` of a model output).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.config = model.eval(), model.config
+
+    def get_image_features(self, *args, **kwargs) -> torch.Tensor:
+        return embeddings(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args, **kwargs) -> torch.Tensor:
+        return embeddings(self.model.get_text_features(*args, **kwargs))
+
+
+def embeddings(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
 def clip_vision_features(name: str) -> ClipImageFeatures:
     """The vision tower of a CLIP model folder or repo (a `CLIPModel` or a `CLIPVisionModel`)."""
     from transformers import AutoConfig, CLIPModel, CLIPVisionModel
@@ -124,7 +145,7 @@ class TextToImageTask:
                 print(f"text-to-image: CLIP scorer {self.clip_model} (downloaded by transformers on first use)",
                       file=sys.stderr)
             name = self.clip_model
-            self._clip = CLIPScore(model_name_or_path=lambda: (CLIPModel.from_pretrained(name),
+            self._clip = CLIPScore(model_name_or_path=lambda: (ClipEmbeddings(CLIPModel.from_pretrained(name)),
                                                                CLIPProcessor.from_pretrained(name)))
         return self._clip
 
