@@ -76,10 +76,21 @@ def pope_scores(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, 
     }
 
 
-def choice_letter(text: str, letters: Sequence[str]) -> str | None:
-    """The option letter an answer names first ("B", "(B)", "B." or "B. text"), or `None`."""
-    match = re.search(rf"\b({'|'.join(map(re.escape, letters))})\b", text.strip())
-    return match.group(1) if match else None
+def choice_letter(text: str, options: dict[str, str]) -> str | None:
+    """
+    The option an answer chooses, as MMBench reads it: a letter standing alone ("B", "B.", "(B)", "B) blue",
+    "The answer is B"), else the one option whose text the answer names; `None` when neither says.
+    """
+    letters = "|".join(map(re.escape, options))
+    stripped = text.strip()
+    standalone = re.match(rf"^\(?({letters})(?:[.):]|\s*$)", stripped) or re.search(
+        rf"answer is:?\s*\(?({letters})\b(?![a-z])", stripped, flags=re.IGNORECASE)
+    if standalone:
+        return standalone.group(1).upper()
+    answer_words = " ".join(re.findall(r"[a-z0-9]+", stripped.lower()))
+    named = [letter for letter, option in options.items()
+             if re.search(rf"\b{re.escape(' '.join(re.findall(r'[a-z0-9]+', option.lower())))}\b", answer_words)]
+    return named[0] if len(named) == 1 else None
 
 
 def caption_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:

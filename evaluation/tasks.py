@@ -153,7 +153,7 @@ class MultipleChoiceTask(ComprehensionTask):
     def score(self, units, records):
         right: dict = {}
         for unit, record in zip(units, records):
-            chosen = None if "error" in record else choice_letter(record["prediction"], sorted(unit["options"]))
+            chosen = None if "error" in record else choice_letter(record["prediction"], unit["options"])
             right.setdefault(unit["sample_index"], []).append(chosen == unit["answer"])
         return {"accuracy": sum(all(r) for r in right.values()) / len(right), "num_questions": len(right)}
 

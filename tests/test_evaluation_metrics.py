@@ -52,11 +52,15 @@ def test_caption_scores_of_exact_and_unrelated_captions():
     assert exact["CIDEr"] > 1.0
 
 
-def test_choice_letter_reads_the_first_option_named():
-    letters = ["A", "B", "C", "D"]
-    assert choice_letter("B. purple", letters) == "B"
-    assert choice_letter("The answer is (C)", letters) == "C"
-    assert choice_letter("purple", letters) is None
+def test_choice_letter_reads_a_standalone_letter_or_the_one_option_named():
+    options = {"A": "red", "B": "purple", "C": "dark blue", "D": "blue"}
+    assert choice_letter("B. purple", options) == "B"
+    assert choice_letter("(C)", options) == "C" and choice_letter("D", options) == "D"
+    assert choice_letter("The answer is A", options) == "A"
+    assert choice_letter("A purple.", options) == "B"  # "A" is an article here: the option text decides
+    assert choice_letter("It is red or purple.", options) is None  # two options named
+    assert choice_letter("It is dark blue.", options) is None  # "blue" is named too: ambiguous
+    assert choice_letter("green", options) is None
 
 
 def test_circular_multiple_choice_needs_every_rotation_right():
