@@ -2,6 +2,7 @@
 
 import json
 
+import PIL.Image
 import pytest
 
 from dreamllm import DreamLLMPipeline
@@ -115,3 +116,26 @@ def test_output_folder_of_another_run_is_refused(toy_data, tmp_path, capsys):
     assert summary["num_samples"] == 2 and summary["task"] == "pope"
     code, error = run_cli([*base, "--prompt", " Answer yes or no."], capsys)
     assert code == 2 and "holds a run with other settings (differing: settings)" in error
+
+
+def test_vizwiz_answers_unanswerable_exactly_when_the_model_says_the_answer_cannot_be_known(pipe, toy_data, tmp_path):
+    from dreamllm.evaluation import get_preset
+    from dreamllm.evaluation.metrics import yes_no
+    from dreamllm.evaluation.presets import comprehension_prompt
+    from dreamllm.evaluation.tasks import ANSWERABLE_QUESTION
+
+    evaluate("vqa", pipe, str(toy_data["vqa"]), tmp_path / "vizwiz", preset="vizwiz", limit=3,
+             prompt=" Can you tell?", post_prompt="")
+    preset = get_preset("vqa", "vizwiz").with_overrides(prompt=" Can you tell?", post_prompt="")
+    samples = [json.loads(line) for line in toy_data["vqa"].read_text().splitlines()[:3]]
+    for sample, record in zip(samples, predictions(tmp_path / "vizwiz")):
+        picture = PIL.Image.open(toy_data["vqa"].parent / sample["image"])
+        gate = pipe(comprehension_prompt(preset, sample["question"] + " " + ANSWERABLE_QUESTION), images=[picture],
+                    use_chat_template=False, max_images=0, max_new_tokens=preset.max_new_tokens, do_sample=False).text[0]
+        assert (record["prediction"] == "unanswerable") == (yes_no(gate) == "no")
+
+
+def test_a_foreign_non_empty_output_folder_is_refused(pipe, toy_data, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and holds no evaluation run"):
+        evaluate("vqa", pipe, str(toy_data["vqa"]), tmp_path, **TOY_PROMPTS)
