@@ -101,14 +101,25 @@ def caption_scores(predictions: dict[str, str], references: dict[str, list[str]]
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    tokenizer = PTBTokenizer()
-    results = tokenizer.tokenize({key: [{"caption": predictions[key]}] for key in predictions})
-    truths = tokenizer.tokenize({key: [{"caption": text} for text in references[key]] for key in predictions})
-    scores = {"CIDEr": float(Cider().compute_score(truths, results)[0])}
+    results = {key: [{"caption": predictions[key]}] for key in predictions}
+    truths = {key: [{"caption": text} for text in references[key]] for key in predictions}
+    try:
+        tokenizer = PTBTokenizer()
+        results, truths = tokenizer.tokenize(results), tokenizer.tokenize(truths)
+        scores = {"tokenizer": "PTB"}
+    except OSError:  # no Java: COCO's tokenisation approximated by lower-casing and dropping punctuation
+        results, truths = simple_tokenize(results), simple_tokenize(truths)
+        scores = {"tokenizer": "simple (Java not found for the PTB tokenizer)"}
+    scores["CIDEr"] = float(Cider().compute_score(truths, results)[0])
     scores["BLEU-4"] = float(Bleu(4).compute_score(truths, results, verbose=0)[0][3])
     scores["ROUGE-L"] = float(Rouge().compute_score(truths, results)[0])
     try:
         scores["METEOR"] = float(Meteor().compute_score(truths, results)[0])
-    except (OSError, ValueError, RuntimeError) as error:  # its Java jar needs data files some installs lack
-        scores["METEOR_error"] = str(error)
+    except (OSError, ValueError, RuntimeError) as error:  # its Java jar needs Java and data files
+        scores["METEOR_error"] = str(error) or type(error).__name__
     return scores
+
+
+def simple_tokenize(captions: dict[str, list[dict]]) -> dict[str, list[str]]:
+    return {key: [" ".join(re.findall(r"[a-z0-9]+", item["caption"].lower())) for item in items]
+            for key, items in captions.items()}

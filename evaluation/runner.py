@@ -6,6 +6,7 @@ process appends its predictions to `predictions-rank{R}.jsonl` as they come; a r
 the units already predicted. The main process then scores all of them and writes `results.json`.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -86,7 +87,8 @@ def evaluate(
         pipe = DreamLLMPipeline.from_pretrained(pipe).to(state.device)
     runner.configure(pipe, **(task_options or {}))
     runner.prepare(pipe, chosen, output)
-    predict_shard(runner, pipe, units, chosen, seed, batch_size, output, state)
+    with quiet_progress(pipe):
+        predict_shard(runner, pipe, units, chosen, seed, batch_size, output, state)
     state.wait_for_everyone()
     if state.is_main_process:
         write_report(output, runner, units, settings, len(samples))
@@ -215,6 +217,17 @@ def drop_cut_last_line(path: Path):
     content = path.read_bytes()
     if content and not content.endswith(b"\n"):
         path.write_bytes(content[:content.rfind(b"\n") + 1])
+
+
+@contextlib.contextmanager
+def quiet_progress(pipe):
+    """Hides the pipeline's per-call progress bars while the run's own bar counts samples; restores them after."""
+    previous = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**previous, "disable": True})
+    try:
+        yield
+    finally:
+        pipe._progress_bar_config = previous
 
 
 def write_report(output: Path, runner, units: list[dict], settings: dict, num_samples: int):

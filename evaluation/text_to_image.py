@@ -9,6 +9,7 @@ the FID features Inception-v3 (torch-fidelity's weights, downloaded on first use
 vision tower (`vision-tower`) or any CLIP vision model folder.
 """
 
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,13 +89,7 @@ def fid_metric(feature):
     """torchmetrics' FID on `feature` (2048: Inception-v3 pool3, which needs torch-fidelity)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    try:
-        return FrechetInceptionDistance(feature=feature, reset_real_features=True)
-    except ModuleNotFoundError as error:
-        raise ValueError(
-            f"FID on Inception-v3 needs torch-fidelity ({error}): pip install torch-fidelity, or pass --fid-features "
-            "vision-tower or a CLIP model folder"
-        ) from None
+    return FrechetInceptionDistance(feature=feature, reset_real_features=True)
 
 
 def fid_tensor(image: PIL.Image.Image, size: int) -> torch.Tensor:
@@ -121,6 +116,11 @@ class TextToImageTask:
         """Where the drawings go and at what size FID compares them."""
         if not self.uses_clip and preset.num_images_per_caption > 1:
             raise ValueError("choosing the best of several drawings needs a CLIP model: --clip-model is none")
+        if self.fid_features == "inception" and importlib.util.find_spec("torch_fidelity") is None:
+            raise ValueError(
+                "FID on Inception-v3 needs torch-fidelity: pip install torch-fidelity (its weights download on first "
+                "use), or pass --fid-features vision-tower or a CLIP model folder"
+            )
         self._pipe, self.output, self.fid_image_size = pipe, output, preset.fid_image_size
 
     @property

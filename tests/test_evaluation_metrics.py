@@ -82,3 +82,11 @@ def test_fid_tensor_resizes_the_shorter_side_and_centre_crops():
     tensor = fid_tensor(picture, 256)
     assert tensor.shape == (3, 256, 256) and tensor.dtype == torch.uint8
     assert tensor[2].max() < 30 and tensor[0].min() > 225
+
+
+def test_caption_scores_without_java_keep_cider_and_say_why_meteor_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    references = {"1": ["a red circle on white", "the red circle"], "2": ["a small blue square", "blue square"]}
+    with_java_missing = caption_scores({"1": "a red circle on white", "2": "green kite"}, references)
+    assert with_java_missing["tokenizer"].startswith("simple")
+    assert with_java_missing["CIDEr"] > 0 and "METEOR" not in with_java_missing and with_java_missing["METEOR_error"]
