@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from dreamllm.toy_world import generator as toy_world
+try:  # the toy world's own package (dreamllm.toy_world), or its first home before that move lands
+    from dreamllm import toy_world
 except ImportError:
     from dreamllm.training import toy_world
 
