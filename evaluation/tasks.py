@@ -35,6 +35,9 @@ class ComprehensionTask:
             raise ValueError(f"the {self.name} task takes no option {', '.join(sorted(options))}")
 
     def units(self, samples: list[dict], circular: bool = False) -> list[dict]:
+        """The work units of `samples`: the samples themselves (multiple choice adds rotations)."""
+        if circular:
+            raise ValueError(f"--circular is for the multiple-choice task, not {self.name}")
         return samples
 
     def question(self, unit: dict, preset: Preset) -> str:
@@ -83,10 +86,22 @@ class ComprehensionTask:
         raise NotImplementedError
 
 
+def check_texts(sample: dict, field: str):
+    """`sample[field]` must be a list of strings (human answers, reference captions)."""
+    value = sample[field]
+    if not isinstance(value, list) or not all(isinstance(text, str) for text in value):
+        raise ValueError(f"sample {sample['index']} ({sample['id']}): {field} must be a list of strings, got {value!r:.80}")
+
+
 class VQATask(ComprehensionTask):
     """VQAv2 / OKVQA / VizWiz / TextVQA accuracy: min(#humans who gave the answer / 3, 1), averaged."""
 
     name = "vqa"
+
+    def units(self, samples, circular=False):
+        for sample in samples:
+            check_texts(sample, "answers")
+        return super().units(samples, circular)
 
     def score(self, units, records):
         scores = [0.0 if "error" in r else vqa_accuracy(r["prediction"], u["answers"]) for u, r in zip(units, records)]
@@ -108,6 +123,11 @@ class CaptionTask(ComprehensionTask):
 
     name = "caption"
 
+    def units(self, samples, circular=False):
+        for sample in samples:
+            check_texts(sample, "captions")
+        return super().units(samples, circular)
+
     def score(self, units, records):
         predictions = {str(r["index"]): r["prediction"] for r in records}
         references = {str(u["index"]): u["captions"] for u in units}
@@ -118,6 +138,12 @@ class PopeTask(ComprehensionTask):
     """POPE: yes/no questions about objects; a failed sample counts as a wrong answer."""
 
     name = "pope"
+
+    def units(self, samples, circular=False):
+        for sample in samples:
+            if str(sample["label"]).strip().lower() not in ("yes", "no"):
+                raise ValueError(f"sample {sample['index']} ({sample['id']}): label must be yes or no, got {sample['label']!r}")
+        return super().units(samples, circular)
 
     def score(self, units, records):
         labels = [u["label"] for u in units]
@@ -137,6 +163,8 @@ class MultipleChoiceTask(ComprehensionTask):
     def units(self, samples, circular=False):
         units = []
         for sample in samples:
+            if not isinstance(sample["options"], dict) or len(sample["options"]) < 2:
+                raise ValueError(f"sample {sample['index']} ({sample['id']}): options must be 2 or more, by letter")
             letters = sorted(sample["options"])
             if sample["answer"] not in letters:
                 raise ValueError(f"sample {sample['index']}: answer {sample['answer']!r} is not one of its options")

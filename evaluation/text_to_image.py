@@ -110,7 +110,7 @@ class TextToImageTask:
 
     def __init__(self):
         self.clip_model, self.fid_features, self._clip = DEFAULT_CLIP_MODEL, "inception", None
-        self._pipe, self.output, self.fid_image_size = None, None, 256
+        self._pipe, self.output, self.fid_image_size, self._fid_feature = None, None, 256, None
 
     def prepare(self, pipe, preset: Preset, output: Path):
         """Where the drawings go and at what size FID compares them."""
@@ -121,6 +121,9 @@ class TextToImageTask:
                 "FID on Inception-v3 needs torch-fidelity: pip install torch-fidelity (its weights download on first "
                 "use), or pass --fid-features vision-tower or a CLIP model folder"
             )
+        self._fid_feature = self.fid_feature()  # load the scorers now: a bad name fails before any drawing
+        if self.uses_clip:
+            self.clip_scorer()
         self._pipe, self.output, self.fid_image_size = pipe, output, preset.fid_image_size
 
     @property
@@ -217,7 +220,7 @@ class TextToImageTask:
     def score(self, units: list[dict], records: list[dict]) -> dict:
         """FID of the kept drawings against the real pictures, and their mean CLIP score (a failed sample scores 0)."""
         size, output = self.fid_image_size, self.output
-        fid = fid_metric(self.fid_feature())
+        fid = fid_metric(self._fid_feature)
         drawn = [(u, r) for u, r in zip(units, records) if "error" not in r]
         for unit, record in drawn:
             fid.update(fid_tensor(load_image(unit["image"]), size).unsqueeze(0), real=True)

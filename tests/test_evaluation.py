@@ -139,3 +139,25 @@ def test_a_foreign_non_empty_output_folder_is_refused(pipe, toy_data, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="is not empty and holds no evaluation run"):
         evaluate("vqa", pipe, str(toy_data["vqa"]), tmp_path, **TOY_PROMPTS)
+
+
+@pytest.mark.parametrize("task, record, message", [
+    ("vqa", {"question": "Colour?", "answers": "red"}, "answers must be a list of strings"),
+    ("pope", {"question": "Is there a cat?", "label": "maybe"}, "label must be yes or no"),
+    ("multiple-choice", {"question": "Colour?", "options": {"A": "red"}, "answer": "A"}, "options must be 2 or more"),
+    ("multiple-choice", {"question": "Colour?", "options": ["red", "blue"], "answer": "C"}, "is not one of its options"),
+    ("caption", {"captions": [3]}, "captions must be a list of strings"),
+])
+def test_malformed_fields_are_refused_before_the_model_loads(tmp_path, task, record, message):
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "x.png", **record}) + "\n")
+    with pytest.raises(ValueError, match=message):
+        evaluate(task, None, str(tmp_path / "data.jsonl"), tmp_path / "run")
+
+
+def test_settings_that_do_not_fit_the_task_are_refused(toy_data, tmp_path):
+    with pytest.raises(ValueError, match="--circular is for the multiple-choice task"):
+        evaluate("vqa", None, str(toy_data["vqa"]), tmp_path / "a", circular=True)
+    with pytest.raises(ValueError, match="preset 'pope' is for the pope task, not vqa"):
+        evaluate("vqa", None, str(toy_data["vqa"]), tmp_path / "b", preset="pope")
+    with pytest.raises(ValueError, match="unknown preset setting"):
+        evaluate("vqa", None, str(toy_data["vqa"]), tmp_path / "c", temperature=0.7)
