@@ -73,7 +73,11 @@ def evaluate(
     samples = load_samples(task, data, **(data_options or {}))[:limit]
     units = runner.units(samples, circular=circular)
     output = Path(output_dir)
-    model_source = pipe if isinstance(pipe, (str, os.PathLike, type(None))) else pipe.config._name_or_path
+    to_load = isinstance(pipe, (str, os.PathLike, type(None)))
+    if to_load:  # a Hub model is downloaded here (as from_pretrained would), so its commit is known
+        model_name = model_name or model_display_name(pipe)
+        pipe = resolve_pretrained_folder(pipe or TOY_MODEL_PATH)
+    model_source = pipe if to_load else pipe.config._name_or_path
     settings = run_settings(task, preset or DEFAULT_PRESETS[task], chosen, data, limit, seed, circular,
                             model_name, model_source, task_options)
     state = PartialState(cpu=not torch.accelerator.is_available())
@@ -83,7 +87,7 @@ def evaluate(
         output.mkdir(parents=True, exist_ok=True)
         write_json_atomically(output / SETTINGS_FILE, settings)
     state.wait_for_everyone()
-    if isinstance(pipe, (str, os.PathLike, type(None))):
+    if to_load:
         pipe = DreamLLMPipeline.from_pretrained(pipe).to(state.device)
     runner.configure(pipe, **(task_options or {}))
     runner.prepare(pipe, chosen, output)
