@@ -95,7 +95,8 @@ def evaluate(
         predict_shard(runner, pipe, units, chosen, seed, batch_size, output, state)
     state.wait_for_everyone()
     if state.is_main_process:
-        write_report(output, runner, units, settings, len(samples))
+        run = {"batch_size": batch_size, "num_processes": state.num_processes}
+        write_report(output, runner, units, {**settings, "run": run}, len(samples))
     state.wait_for_everyone()
     return json.loads((output / RESULTS_FILE).read_text(encoding="utf-8"))
 

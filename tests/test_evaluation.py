@@ -41,6 +41,7 @@ def test_vqa_report_scores_the_written_predictions_and_records_every_setting(pip
     assert report["settings"]["system_prompt"] == "" and report["settings"]["decoding"] == {"do_sample": False}
     assert report["versions"]["transformers"] and report["versions"]["pycocoevalcap"]
     assert report["model"]["revision"].startswith("local-") and report["data"]["name"] == "vqa.jsonl"
+    assert report["run"] == {"batch_size": 4, "num_processes": 1}
     assert str(tmp_path) not in (tmp_path / "vqa" / "results.json").read_text()
 
 
