@@ -20,7 +20,7 @@ from torch import nn
 
 from .data import load_image
 from .presets import Preset
-from .tasks import sample_generator
+from .tasks import check_texts, sample_generator
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -136,7 +136,9 @@ class TextToImageTask:
 
     def units(self, samples: list[dict], circular: bool = False) -> list[dict]:
         if circular:
-            raise ValueError("--circular is for the multiple-choice task")
+            raise ValueError("--circular is for the multiple-choice task, not text-to-image")
+        for sample in samples:
+            check_texts(sample, "captions")
         return [{**s, "caption": s["captions"][s["index"] % len(s["captions"])]} for s in samples]
 
     def clip_scorer(self):

@@ -148,6 +148,7 @@ def test_a_foreign_non_empty_output_folder_is_refused(pipe, toy_data, tmp_path):
     ("multiple-choice", {"question": "Colour?", "options": {"A": "red"}, "answer": "A"}, "options must be 2 or more"),
     ("multiple-choice", {"question": "Colour?", "options": ["red", "blue"], "answer": "C"}, "is not one of its options"),
     ("caption", {"captions": [3]}, "captions must be a list of strings"),
+    ("text-to-image", {"captions": [["nested"]]}, "captions must be a list of strings"),
 ])
 def test_malformed_fields_are_refused_before_the_model_loads(tmp_path, task, record, message):
     (tmp_path / "data.jsonl").write_text(json.dumps({"image": "x.png", **record}) + "\n")
