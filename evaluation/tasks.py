@@ -83,6 +83,17 @@ class ComprehensionTask:
         return {"index": unit["index"], "id": unit["id"], "prediction": "", "error": str(error)}
 
     def score(self, units: list[dict], records: list[dict]) -> dict:
+        """
+        The scores over all units, and per `category` when the samples name more than one (POPE's random / popular /
+        adversarial splits, MMBench's abilities).
+        """
+        scores = self.scores_of(units, records)
+        categories = by_category(units, records)
+        if len(categories) > 1:
+            scores["by_category"] = {name: self.scores_of(*pairs) for name, pairs in categories.items()}
+        return scores
+
+    def scores_of(self, units: list[dict], records: list[dict]) -> dict:
         raise NotImplementedError
 
 
@@ -103,7 +114,7 @@ class VQATask(ComprehensionTask):
             check_texts(sample, "answers")
         return super().units(samples, circular)
 
-    def score(self, units, records):
+    def scores_of(self, units, records):
         scores = [0.0 if "error" in r else vqa_accuracy(r["prediction"], u["answers"]) for u, r in zip(units, records)]
         return {"accuracy": sum(scores) / len(scores)}
 
@@ -128,7 +139,7 @@ class CaptionTask(ComprehensionTask):
             check_texts(sample, "captions")
         return super().units(samples, circular)
 
-    def score(self, units, records):
+    def scores_of(self, units, records):
         predictions = {str(r["index"]): r["prediction"] for r in records}
         references = {str(u["index"]): u["captions"] for u in units}
         return caption_scores(predictions, references)
@@ -145,10 +156,21 @@ class PopeTask(ComprehensionTask):
                 raise ValueError(f"sample {sample['index']} ({sample['id']}): label must be yes or no, got {sample['label']!r}")
         return super().units(samples, circular)
 
-    def score(self, units, records):
+    def scores_of(self, units, records):
         labels = [u["label"] for u in units]
         predictions = [r["prediction"] if "error" not in r else wrong_yes_no(u["label"]) for u, r in zip(units, records)]
         return pope_scores(predictions, labels)
+
+
+def by_category(units: list[dict], records: list[dict]) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Units and records grouped by the samples' `category` field (absent: none)."""
+    groups: dict = {}
+    for unit, record in zip(units, records):
+        if unit.get("category") not in (None, ""):
+            group = groups.setdefault(str(unit["category"]), ([], []))
+            group[0].append(unit)
+            group[1].append(record)
+    return groups
 
 
 def wrong_yes_no(label: str) -> str:
@@ -178,7 +200,7 @@ class MultipleChoiceTask(ComprehensionTask):
         options = "\n".join(f"{letter}. {text}" for letter, text in sorted(unit["options"].items()))
         return f"{hint}{unit['question']}\n{options}\n"
 
-    def score(self, units, records):
+    def scores_of(self, units, records):
         right: dict = {}
         for unit, record in zip(units, records):
             chosen = None if "error" in record else choice_letter(record["prediction"], unit["options"])

@@ -32,6 +32,16 @@ def test_pope_scores_by_hand():
     assert yes_no("There is not a cat.") == "no" and yes_no("I see a cat") == "yes"
 
 
+def test_scores_per_category_beside_the_overall_ones():
+    units = [{"index": i, "label": "yes", "category": "random" if i < 2 else "adversarial"} for i in range(4)]
+    records = [{"index": i, "prediction": answer} for i, answer in enumerate(["yes", "yes", "yes", "no"])]
+    scores = PopeTask().score(units, records)
+    assert scores["accuracy"] == 0.75
+    assert scores["by_category"]["random"]["accuracy"] == 1.0
+    assert scores["by_category"]["adversarial"]["accuracy"] == 0.5
+    assert "by_category" not in PopeTask().score([{**u, "category": "random"} for u in units], records)
+
+
 def test_failed_samples_stay_in_the_denominator():
     units = [{"index": i, "answers": ["red"] * 10, "label": "yes"} for i in range(4)]
     records = [{"index": 0, "prediction": "red"}, {"index": 1, "prediction": "red"},
