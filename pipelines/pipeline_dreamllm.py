@@ -42,6 +42,7 @@ from .streaming import (
     StreamEvent,
     TextDelta,
 )
+from .loading import WEIGHTED_COMPONENTS, LoadingOptions, components_with_variant
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
@@ -49,6 +50,8 @@ TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MAX_NEW_TOKENS = 256
+SCHEDULER_INTERFACE = ("set_timesteps", "init_noise_sigma", "scale_model_input", "step")
+UNET_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def default_scheduler() -> DDPMScheduler:
@@ -148,21 +151,37 @@ class DreamLLMPipeline(DiffusionPipeline):
         self.register_modules(model=model, processor=processor, unet=unet, vae=vae, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.reset_call_state(guidance_scale=1.0)
+
+    def __setattr__(self, name, value):
+        if name == "scheduler":
+            check_scheduler(value)
+        super().__setattr__(name, value)
+
+    def reset_call_state(self, guidance_scale: float):
+        """The state the properties report, set at the start of every call: no timesteps run yet, not interrupted."""
+        self._guidance_scale = guidance_scale
+        self._num_timesteps = 0
+        self._interrupt = False
 
     @property
     def guidance_scale(self) -> float:
+        """The guidance scale of the latest call (1.0 before any)."""
         return self._guidance_scale
 
     @property
     def do_classifier_free_guidance(self) -> bool:
+        """Whether the latest call guides its images (`guidance_scale > 1`)."""
         return self._guidance_scale > 1
 
     @property
     def num_timesteps(self) -> int:
+        """Denoising steps of the latest image drawn in the latest call (0 when it drew none)."""
         return self._num_timesteps
 
     @property
     def interrupt(self) -> bool:
+        """Whether a callback interrupted the latest call."""
         return self._interrupt
 
     @property
@@ -468,8 +487,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
             generator, batch_size * num_images_per_prompt,
         )
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
+        self.reset_call_state(guidance_scale)
         device = self._execution_device
 
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -664,8 +682,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         )
         if not isinstance(max_images, int) or max_images < 0:
             raise ValueError(f"max_images must be a whole number >= 0, got {max_images!r}")
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
+        self.reset_call_state(guidance_scale)
         device = self._execution_device
 
         inputs = self.encode_document_prompts(texts, prompt_images, device)
@@ -1008,23 +1025,38 @@ class DreamLLMPipeline(DiffusionPipeline):
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
         max_shard_size: int | str | None = None,
         push_to_hub: bool = False,
-        **kwargs,
     ):
         """
         Writes the one-folder layout atomically: the model and processor at the top, `unet/`, `vae/`, `scheduler/`
-        and `model_index.json` beside them. Weights are safetensors. An existing saved model in `save_directory` is
-        replaced only once the new one is complete.
+        and `model_index.json` beside them. An existing saved model in `save_directory` is replaced only once the new
+        one is complete.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): The folder to write.
+            safe_serialization (`bool`, defaults to `True`): Weights are safetensors; `False` is refused.
+            variant (`str`, *optional*): Names the weight files `*.{variant}.safetensors` (e.g. `"fp16"`), loaded with
+                `from_pretrained(..., variant=...)`.
+            max_shard_size (`int` or `str`, *optional*): Splits each component's weights into files of at most this
+                size (`"200MB"`), with an index file.
+            push_to_hub: Refused; use [`~DreamLLMPipeline.push_to_hub`].
         """
         if push_to_hub:
             raise ValueError("Use DreamLLMPipeline.push_to_hub(repo_id) to upload a pipeline")
-        shard_kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        if not safe_serialization:
+            raise ValueError("safe_serialization=False: DreamLLM pipelines are saved as safetensors only")
+        LoadingOptions(variant=variant).check()
+        weights_kwargs = {"variant": variant}
+        if max_shard_size is not None:
+            weights_kwargs["max_shard_size"] = max_shard_size
         with atomic_directory(save_directory) as staging:
-            self.model.save_pretrained(staging, **shard_kwargs)
+            self.model.save_pretrained(staging, **weights_kwargs)
             self.processor.save_pretrained(staging)
             for name in DIFFUSION_COMPONENTS:
-                getattr(self, name).save_pretrained(staging / name, **shard_kwargs)
+                getattr(self, name).save_pretrained(staging / name, **weights_kwargs)
             self.scheduler.save_pretrained(staging / "scheduler")
             self.save_config(staging)
 
@@ -1061,37 +1093,64 @@ class DreamLLMPipeline(DiffusionPipeline):
         cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs
     ) -> "DreamLLMPipeline":
         """
-        Loads a pipeline saved by [`~DreamLLMPipeline.save_pretrained`] from a local folder or a Hub repo id.
+        Loads a pipeline saved by [`~DreamLLMPipeline.save_pretrained`] from a local folder or a Hub repo id, with the
+        loading options of `DiffusionPipeline.from_pretrained`.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`, *optional*): A folder or a Hub repo id; by default
                 the toy-world model shipped with the package (`TOY_MODEL_PATH`), which draws and reads 64x64 pictures
                 of coloured shapes.
-            dtype (`torch.dtype`, *optional*): Loads every component in this dtype (`torch_dtype` also works).
+            dtype (`torch.dtype` or `dict[str, torch.dtype]`, *optional*): One dtype for every component, or one per
+                component (`{"model": torch.bfloat16, "default": torch.float32}`; components not named take
+                `"default"`, else float32). Without it every component loads in the dtype it was saved in.
+                `torch_dtype` also works.
+            variant (`str`, *optional*): Loads the `*.{variant}.safetensors` weights (e.g. `"fp16"`) of the components
+                that have them; raises `ValueError` when none has.
+            device_map (`str`, *optional*): `"balanced"` (whole components spread over the accelerators by size), an
+                accelerator (`"cuda"`) or `"cpu"`. `max_memory` bounds each device for `"balanced"`.
+            low_cpu_mem_usage (`bool`, defaults to `True`): As for diffusers models (the language model always loads
+                without a second copy of its weights in transformers 5).
+            quantization_config (*optional*): A diffusers `PipelineQuantizationConfig` (components by name: `model`,
+                `unet`, `vae`), or a transformers quantization config (`QuantoConfig`, `TorchAoConfig`,
+                `BitsAndBytesConfig`, ...) for the language model.
             model, processor, unet, vae, scheduler (*optional*): Ready components that replace the saved ones.
             attn_implementation (`str`, *optional*): Attention of the language model and vision tower.
-            revision, token, cache_dir, local_files_only (*optional*): As for `huggingface_hub.snapshot_download`.
+            revision, token, cache_dir, local_files_only, force_download (*optional*): Hub download options.
 
         Raises:
-            `FileNotFoundError` / `ValueError`: naming the missing file or the component of the wrong kind.
+            `TypeError`: naming an argument it does not support. `FileNotFoundError` / `ValueError`: naming the
+            missing file or folder, the missing variant, or the component of the wrong kind.
         """
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        attn_implementation = kwargs.pop("attn_implementation", None)
+        options = LoadingOptions.pop_from(kwargs)
         components = {name: kwargs.pop(name) for name in ("model", "processor", "unet", "vae", "scheduler") if name in kwargs}
-        folder = resolve_pretrained_folder(pretrained_model_name_or_path or TOY_MODEL_PATH, **kwargs)
+        folder = resolve_pretrained_folder(pretrained_model_name_or_path or TOY_MODEL_PATH, **options.download)
         model_index = read_model_index(folder)
+        weights_folders = {
+            name: folder if name == "model" else folder / name
+            for name in WEIGHTED_COMPONENTS if name not in components
+        }
+        classes = {name: component_class(model_index, name) for name in (*DIFFUSION_COMPONENTS, "scheduler")
+                   if name not in components}
+        for name in classes:
+            check_component_folder(folder, name)
+        variants = components_with_variant(weights_folders, options.variant)
+        devices = options.component_devices(weights_folders)
         if "model" not in components:
-            model_kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-            components["model"] = DreamLLMForCausalLM.from_pretrained(folder, dtype=dtype, **model_kwargs)
+            components["model"] = DreamLLMForCausalLM.from_pretrained(
+                folder, **options.component_kwargs("model", folder, variants, devices.get("model"))
+            )
         if "processor" not in components:
             components["processor"] = DreamLLMProcessor.from_pretrained(folder)
         for name in DIFFUSION_COMPONENTS:
             if name not in components:
-                components[name] = component_class(model_index, name).from_pretrained(folder, subfolder=name, dtype=dtype)
+                kwargs = options.component_kwargs(name, weights_folders[name], variants, devices.get(name))
+                components[name] = classes[name].from_pretrained(folder, subfolder=name, **kwargs)
         if "scheduler" not in components:
-            components["scheduler"] = component_class(model_index, "scheduler").from_pretrained(folder, subfolder="scheduler")
+            components["scheduler"] = classes["scheduler"].from_pretrained(folder, subfolder="scheduler")
         pipeline = cls(**components)
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        if options.device_map is not None:
+            pipeline.hf_device_map = devices or None
         return pipeline
 
 
@@ -1144,6 +1203,7 @@ def check_components(model, processor, unet, vae, scheduler):
     for name, (component, component_type) in expected.items():
         if not isinstance(component, component_type):
             raise TypeError(f"{name} must be a {component_type.__name__}, got {type(component).__name__}")
+    check_scheduler(scheduler)
     if unet.config.cross_attention_dim != model.config.condition_dim:
         raise ValueError(
             f"The UNet's cross_attention_dim ({unet.config.cross_attention_dim}) differs from the model's "
@@ -1155,6 +1215,36 @@ def check_components(model, processor, unet, vae, scheduler):
         )
 
 
+def check_scheduler(scheduler):
+    """
+    Raises a `TypeError` naming a scheduler the pipeline cannot drive. DreamLLM's UNet predicts noise on the DDPM
+    schedule, as Stable Diffusion's does, so the pipeline drives the schedulers `StableDiffusionPipeline` drives:
+    `set_timesteps`, `init_noise_sigma`, `scale_model_input`, `step(model_output, timestep, sample)` and a
+    `prediction_type` of `epsilon`, `v_prediction` or `sample`. Flow-matching schedulers (`FlowMatchEuler...`),
+    and those needing more inputs at each step (RePaint, Karras-VE), are refused.
+    """
+    if not isinstance(scheduler, SchedulerMixin):
+        raise TypeError(f"scheduler must be a SchedulerMixin, got {type(scheduler).__name__}")
+    name = type(scheduler).__name__
+    missing = [attribute for attribute in SCHEDULER_INTERFACE if not hasattr(scheduler, attribute)]
+    if missing:
+        raise TypeError(
+            f"{name} cannot drive DreamLLM's UNet: it has no {', '.join(missing)} (a noise-prediction UNet needs a "
+            f"DDPM-style scheduler such as DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler)"
+        )
+    step_parameters = inspect.signature(scheduler.step).parameters.values()
+    required = [p.name for p in step_parameters if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+    if required != ["model_output", "timestep", "sample"]:
+        raise TypeError(f"{name} cannot drive DreamLLM's UNet: its step needs {', '.join(required)}")
+    takes_prediction_type = "prediction_type" in inspect.signature(type(scheduler).__init__).parameters
+    prediction_type = scheduler.config.get("prediction_type") if takes_prediction_type else None
+    if prediction_type not in UNET_PREDICTION_TYPES:
+        raise TypeError(
+            f"{name} cannot drive DreamLLM's UNet: its prediction_type is {prediction_type!r}, not one of "
+            f"{', '.join(UNET_PREDICTION_TYPES)}"
+        )
+
+
 def resolve_pretrained_folder(name_or_path: str | os.PathLike, **download_kwargs) -> Path:
     """A local folder as is, or the local snapshot of a Hub repo id (downloaded unless `local_files_only`)."""
     path = Path(name_or_path)
@@ -1163,6 +1253,17 @@ def resolve_pretrained_folder(name_or_path: str | os.PathLike, **download_kwargs
     if path.exists() or not HUB_REPO_ID.fullmatch(str(name_or_path)):
         raise FileNotFoundError(f"{name_or_path} is neither a folder holding a saved DreamLLM nor a Hub repo id")
     return Path(snapshot_download(str(name_or_path), **download_kwargs))
+
+
+def check_component_folder(folder: Path, name: str):
+    """Raises a `FileNotFoundError` naming the component folder (`unet/`, `vae/`, `scheduler/`) that is missing."""
+    config_name = "scheduler_config.json" if name == "scheduler" else "config.json"
+    if not (folder / name / config_name).is_file():
+        what = "folder" if not (folder / name).is_dir() else f"{config_name} in its folder"
+        raise FileNotFoundError(
+            f"{folder} has no {name}/ {what}: a saved DreamLLMPipeline holds unet/, vae/ and scheduler/ beside the "
+            f"language model (pass {name}= to use another)"
+        )
 
 
 def read_model_index(folder: Path) -> dict:
