@@ -29,6 +29,7 @@ SCHEDULERS = {
     "DPM-Solver++": DPMSolverMultistepScheduler,
 }
 DRAWING = "*(drawing an image ...)*"
+STOPPED = "*(stopped)*"
 TITLE = "DreamLLM: a conversation in text and images"
 
 
@@ -71,6 +72,11 @@ class Answer:
     def start_image(self):
         self.shown.append(DRAWING)
 
+    def stop(self):
+        """Ends the answer early: an image being drawn is dropped."""
+        if self.shown and self.shown[-1] == DRAWING:
+            self.shown[-1] = STOPPED
+
     def show_image(self, image: PIL.Image.Image, name: str, final: bool):
         path = self.folder / name
         image.save(path, format="PNG")
@@ -101,6 +107,8 @@ class DemoApp:
         self.concurrency_limit = concurrency_limit
         self.scheduler_config = pipe.scheduler.config
         self.folder = Path(tempfile.mkdtemp(prefix="dreamllm-demo-"))
+        self.running: str | None = None
+        self.stopping = False
         pipe.set_progress_bar_config(disable=True)
 
     def respond(
@@ -116,10 +124,12 @@ class DemoApp:
         seed: int,
         scheduler: str,
         max_new_tokens: int,
+        request: gr.Request = None,
     ) -> Iterator[tuple]:
         """
         Writes the answer to `message` (`{"text", "files"}`) after `conversation`, yielding the chat, the model's
-        conversation and the cleared textbox each time something new shows. Bad input becomes a message in the chat.
+        conversation and the cleared textbox each time something new shows. Bad input becomes a message in the chat;
+        Stop (from the same browser tab) ends the answer where it is.
         """
         settings = Settings(steps, guidance, max_images, temperature, top_p, seed, scheduler, max_new_tokens)
         chat = list(chat or [])
@@ -132,8 +142,12 @@ class DemoApp:
         chat += shown
         conversation.append(turn)
         answer = Answer(Path(tempfile.mkdtemp(dir=self.folder)))
+        self.running, self.stopping = session(request), False
         try:
             for event in self.events(conversation, settings):
+                if self.stopping:
+                    answer.stop()
+                    break
                 self.apply(answer, event)
                 if not isinstance(event, DocumentDone):
                     yield chat + [answer.message()], conversation + [answer.turn()], None
@@ -142,7 +156,15 @@ class DemoApp:
             problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             yield chat + [answer.message(), {"role": "assistant", "content": f"⚠️ {problem}"}], conversation[:-1], None
             return
+        finally:
+            self.running = None
         yield chat + [answer.message()], conversation + [answer.turn()], None
+
+    def stop(self, request: gr.Request = None):
+        """Stops the answer being written, if it is this browser tab's: it ends at the next event."""
+        if self.running is not None and self.running == session(request):
+            self.stopping = True
+            self.pipe._interrupt = True  # the denoising loop skips its remaining steps
 
     def user_turn(self, message: dict) -> tuple[dict, list]:
         """The user's turn for the model and its messages for the chat; a `ValueError` for an unusable message."""
@@ -210,11 +232,14 @@ class DemoApp:
                     gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max new tokens"),
                 ]
             gr.Examples(examples=self.examples(), inputs=box, label="Examples (they work on the built-in toy model)")
-            answer = box.submit(
+            # The box is locked while an answer is written (Stop unlocks it), so a message never starts mid-answer.
+            locked = box.submit(lambda: gr.MultimodalTextbox(interactive=False), None, box, api_name=False)
+            answer = locked.then(
                 self.respond, [box, chat, conversation, *settings], [chat, conversation, box],
                 concurrency_limit=self.concurrency_limit, api_name="respond",
             )
-            stop.click(None, cancels=[answer], api_name=False)
+            answer.then(unlock, None, box, api_name=False)
+            stop.click(self.stop, None, None, api_name=False, queue=False)
             clear.click(lambda: ([], []), None, [chat, conversation], api_name=False, cancels=[answer])
         return blocks
 
@@ -232,6 +257,16 @@ class DemoApp:
         self.blocks = blocks = self.build()
         blocks.queue(default_concurrency_limit=self.concurrency_limit)
         return blocks.launch(server_name=host, server_port=port, allowed_paths=[str(self.folder)], **launch_kwargs)
+
+
+def session(request: gr.Request | None) -> str:
+    """The browser tab a request comes from ("" outside Gradio)."""
+    return getattr(request, "session_hash", None) or ""
+
+
+def unlock() -> gr.MultimodalTextbox:
+    """The message box, ready for the next message."""
+    return gr.MultimodalTextbox(interactive=True)
 
 
 def file_path(file) -> str:

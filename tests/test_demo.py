@@ -136,26 +136,25 @@ def send(page, text: str, picture: Path | None = None):
     if picture is not None:
         page.locator("#message input[type=file]").set_input_files(str(picture))
         page.locator("#message img").first.wait_for(timeout=30_000)  # the attachment is shown before sending
+    sent_before = page.locator("#chat").inner_text().count(text)
     box = page.locator("#message textarea")
     box.fill(text)
     box.press("Enter")
-
-
-def bot_messages(page):
-    return page.locator("#chat .message-row.bot-row, #chat .bot-row")
-
-
-def wait_for_answer(page, count: int, images: int, timeout: float = 120_000):
-    """Waits until the chat holds `count` bot messages and `images` finished images in the latest answers."""
     page.wait_for_function(
-        """([count, images]) => {
-            const chat = document.querySelector('#chat');
-            const finished = [...chat.querySelectorAll('img')].filter(img => /image_\\d+\\.png/.test(img.src)
-                && !img.src.includes('_step_') && img.closest('.bot-row, .message.bot'));
-            return !chat.innerText.includes('drawing an image') && finished.length >= images
-                && !document.querySelector('#chat .pending, #chat .generating');
+        "([text, count]) => document.querySelector('#chat').innerText.split(text).length - 1 > count",
+        arg=[text, sent_before], timeout=30_000,
+    )
+
+
+def wait_for_answer(page, images: int, timeout: float = 120_000):
+    """Waits until the answer is written (the message box unlocks) and the chat shows `images` finished images."""
+    page.wait_for_function(
+        """(images) => {
+            const finished = [...document.querySelectorAll('#chat img')].filter(
+                img => /image_\\d+\\.png/.test(img.src) && !img.src.includes('_step_'));
+            return !document.querySelector('#message textarea').disabled && finished.length >= images;
         }""",
-        arg=[count, images], timeout=timeout,
+        arg=images, timeout=timeout,
     )
 
 
@@ -169,7 +168,7 @@ def test_browser_document_picture_question_and_stop(url, tmp_path):
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(url)
             send(page, README_PROMPT)
-            wait_for_answer(page, 1, 2)
+            wait_for_answer(page, 2)
             chat_text = page.locator("#chat").inner_text()
             assert chat_text.index(README_PROMPT) < chat_text.index("Look at a red circle.") < chat_text.index(
                 "After that, a blue triangle.")
@@ -180,22 +179,25 @@ def test_browser_document_picture_question_and_stop(url, tmp_path):
             picture = tmp_path / "square.png"
             draw_green_square().save(picture)
             send(page, "What colour is the shape?", picture)
-            page.wait_for_function(
-                "() => document.querySelector('#chat').innerText.toLowerCase().includes('green')", timeout=120_000
-            )
+            wait_for_answer(page, 2)
+            assert "green" in page.locator("#chat").inner_text().rsplit("What colour is the shape?", 1)[1].lower()
 
-            page.locator("#steps input[type=number]").fill("200")
-            page.locator("#steps input[type=number]").press("Enter")
+            page.get_by_role("button", name="Settings ▼").click()
+            steps = page.locator("#steps input[type=number]")
+            steps.fill("200")
+            steps.press("Enter")
             send(page, README_PROMPT)
             page.wait_for_function(
                 "() => document.querySelector('#chat').innerText.includes('drawing an image')", timeout=120_000
             )
             page.locator("#stop").click()
+            wait_for_answer(page, 2)
             page.wait_for_timeout(1500)
             stopped = page.locator("#chat").inner_text()
             page.wait_for_timeout(1500)
             assert page.locator("#chat").inner_text() == stopped  # nothing more is written after Stop
             assert stopped.count("After that, a blue triangle.") == 1  # the stopped answer did not get that far
+            assert stopped.endswith("(stopped)")
             assert not page.locator(".toast-body.error, .toast-wrap .error").count()
             assert "Error" not in page.locator("body").inner_text()
             assert errors == []
