@@ -1,7 +1,7 @@
 """The Gradio chat app of `dreamllm demo`: a conversation whose answers stream in, images drawn in place.
 
-One pipeline serves every browser tab; requests wait in Gradio's queue and run one at a time (`concurrency_limit`),
-so a second tab waits its turn. Each turn sends the whole conversation to the model: the user's attached pictures
+One pipeline serves every browser tab; requests wait in Gradio's queue and run one at a time, so a second tab waits
+its turn. Each turn sends the whole conversation to the model: the user's attached pictures
 are read again, and the pictures the assistant drew stand in its turns as the dream blocks it wrote.
 """
 
@@ -30,6 +30,7 @@ SCHEDULERS = {
 }
 DRAWING = "*(drawing an image ...)*"
 STOPPED = "*(stopped)*"
+CONCURRENCY_LIMIT = 1
 TITLE = "DreamLLM: a conversation in text and images"
 
 
@@ -95,16 +96,17 @@ class DemoApp:
     """
     The state shared by every request: one pipeline and its schedulers.
 
+    Answers are written one at a time (`CONCURRENCY_LIMIT`): a pipeline call keeps its state (guidance, interrupt,
+    scheduler) on the pipeline, so two at once on one pipeline would mix.
+
     Args:
         pipe: The pipeline every request runs on.
         defaults: The initial settings.
-        concurrency_limit: How many answers are written at once (others queue).
     """
 
-    def __init__(self, pipe: DreamLLMPipeline, defaults: Settings = Settings(), concurrency_limit: int = 1):
+    def __init__(self, pipe: DreamLLMPipeline, defaults: Settings = Settings()):
         self.pipe = pipe
         self.defaults = defaults
-        self.concurrency_limit = concurrency_limit
         self.scheduler_config = pipe.scheduler.config
         self.folder = Path(tempfile.mkdtemp(prefix="dreamllm-demo-"))
         self.running: str | None = None
@@ -236,7 +238,7 @@ class DemoApp:
             locked = box.submit(lambda: gr.MultimodalTextbox(interactive=False), None, box, api_name=False)
             answer = locked.then(
                 self.respond, [box, chat, conversation, *settings], [chat, conversation, box],
-                concurrency_limit=self.concurrency_limit, api_name="respond",
+                concurrency_limit=CONCURRENCY_LIMIT, api_name="respond",
             )
             answer.then(unlock, None, box, api_name=False)
             stop.click(self.stop, None, None, api_name=False, queue=False)
@@ -255,7 +257,7 @@ class DemoApp:
     def launch(self, host: str = "127.0.0.1", port: int | None = None, **launch_kwargs):
         """Starts the web server (requests queued); the page is `self.blocks`. Returns what `gr.Blocks.launch` returns."""
         self.blocks = blocks = self.build()
-        blocks.queue(default_concurrency_limit=self.concurrency_limit)
+        blocks.queue(default_concurrency_limit=CONCURRENCY_LIMIT)
         return blocks.launch(server_name=host, server_port=port, allowed_paths=[str(self.folder)], **launch_kwargs)
 
 

@@ -24,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--port", type=int, default=7860, help="Port to serve on (default: %(default)s).")
     parser.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="Where to run: cpu, cuda, cuda:N, mps, ... (default: %(default)s).")
-    parser.add_argument("--concurrency", type=int, default=1,
-                        help="Answers written at once; further requests queue (default: %(default)s).")
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
@@ -38,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     check_device_available(args.device)
     print(f"Loading {args.model or 'the built-in toy-world model'} ...", flush=True)
     pipe = load_pipeline(args.model, args.device)
-    DemoApp(pipe, concurrency_limit=args.concurrency).launch(args.host, args.port)
+    DemoApp(pipe).launch(args.host, args.port)
     return 0
 
 

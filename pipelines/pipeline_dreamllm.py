@@ -643,7 +643,9 @@ class DreamLLMPipeline(DiffusionPipeline):
         for name in ("return_dict", "streamer"):
             if name in kwargs:
                 raise ValueError(f"stream() does not take {name}; it yields events instead")
-        if preview_every is not None and (not isinstance(preview_every, int) or preview_every < 1):
+        if preview_every is not None and (
+            isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1
+        ):
             raise ValueError(f"preview_every must be a whole number >= 1 or None, got {preview_every!r}")
         run = self.prepare_documents(prompt, images, **kwargs)
         return self.document_events(run, preview_every=preview_every)

@@ -124,6 +124,35 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(app, tmp_path, message
     assert chat[-1]["content"][0] == "Look at a red circle."
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--device", "gpu0"], "argument --device: unknown device 'gpu0'"),
+        (["--model", "./does-not-exist"], "--model ./does-not-exist: the folder does not exist"),
+        (["--port", "http"], "argument --port: invalid int value"),
+    ],
+)
+def test_demo_command_reports_mistakes_in_one_line(capsys, arguments, message):
+    from dreamllm.cli import main
+
+    try:
+        code = main(["demo", *arguments])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("dreamllm demo: error: ") and message in errors[0]
+
+
+def test_demo_help_shows_examples(capsys):
+    from dreamllm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--help"])
+    assert exit_.value.code == 0
+    assert "examples:" in capsys.readouterr().out
+
+
 def browser_page(playwright, tmp_path):
     browser = playwright.chromium.launch_persistent_context(
         str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
