@@ -34,6 +34,8 @@ PAGE_STYLE = (
     "padding:.25rem .6rem;text-align:left}"
 )
 
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 def add_arguments(parser: argparse.ArgumentParser):
     """Declares the arguments of `dreamllm generate`."""
@@ -62,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="Where to run: cpu, cuda, cuda:N, mps, ... (default: %(default)s).")
     parser.add_argument("--quiet", action="store_true", help="Print nothing but errors (for scripts).")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="dtype of every component (default: auto, the dtype the model was saved in).")
     # A bad argument is reported in one line, like the errors of `run`, rather than after the usage text.
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
 
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     images = [open_image(path) for path in args.images]
     say(f"Loading {args.model or 'the built-in toy-world model'} ...", flush=True)
     with quiet_libraries(progress_bars=not args.quiet):
-        pipe = load_pipeline(args.model, args.device)
+        pipe = load_pipeline(args.model, args.device, DTYPES[args.dtype])
     pipe.set_progress_bar_config(disable=True)
     seed = torch.Generator().seed() if args.seed is None else args.seed
     events = pipe.stream(
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_pipeline(model: str | None, device: torch.device) -> DreamLLMPipeline:
+def load_pipeline(model: str | None, device: torch.device, dtype: torch.dtype | None = None) -> DreamLLMPipeline:
     """The pipeline of `--model` on `device`, with a one-line error when the folder is missing or damaged."""
     if model is not None and looks_like_path(model) and not Path(model).is_dir():
         raise FileNotFoundError(f"--model {model}: the folder does not exist")
@@ -128,7 +132,7 @@ def load_pipeline(model: str | None, device: torch.device) -> DreamLLMPipeline:
         # Checked here: without it transformers would build the default (7B) configuration before failing.
         raise FileNotFoundError(f"--model {model}: the folder has no config.json, so it holds no saved DreamLLM")
     try:
-        return DreamLLMPipeline.from_pretrained(model).to(device)
+        return DreamLLMPipeline.from_pretrained(model, dtype=dtype).to(device)
     except (FileNotFoundError, TypeError) as error:
         raise ValueError(f"--model {model}: {first_line(error)}") from error
     except Exception as error:  # damaged weights surface as safetensors, torch or transformers errors
