@@ -10,7 +10,7 @@
   colour and shape, in the asked order.
 
 Everything is seeded, so the figures are the same on every run on the same machine. The held-out pictures and prompts
-use seeds that the training data of `python -m dreamllm.training.build_toy_model` does not use.
+use seeds that the training data of `python -m dreamllm.toy_world.build_toy_model` does not use.
 """
 
 import argparse
@@ -27,7 +27,7 @@ import PIL.ImageFont
 import torch
 
 from dreamllm import DreamLLMPipeline
-from dreamllm.training import toy_world
+from dreamllm import toy_world
 
 HELD_OUT_SEED = 10_000
 COLOUR_QUESTION = "What colour is the shape?"

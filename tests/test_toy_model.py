@@ -1,5 +1,5 @@
 """The toy-world DreamLLM shipped with the package: it loads by default, draws what it is asked, reads what it sees,
-and `python -m dreamllm.training.build_toy_model` rebuilds a model like it from nothing."""
+and `python -m dreamllm.toy_world.build_toy_model` rebuilds a model like it from nothing."""
 
 import subprocess
 import sys
@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 
 from dreamllm import TOY_MODEL_PATH, DreamLLMPipeline
 from dreamllm.cli import main as dreamllm_main
-from dreamllm.training import toy_model, toy_world
+from dreamllm import toy_world
+from dreamllm.toy_world import components as toy_model
 
 
 
@@ -73,7 +74,7 @@ def test_the_same_seed_draws_the_same_picture(toy_pipeline):
 def test_the_build_script_runs_every_step_and_resumes(tmp_path):
     """The whole recipe at a toy scale of the toy scale: every step runs, writes its folder, and is skipped after."""
     command = [
-        sys.executable, "-m", "dreamllm.training.build_toy_model", "--work-dir", str(tmp_path), "--threads", "1",
+        sys.executable, "-m", "dreamllm.toy_world.build_toy_model", "--work-dir", str(tmp_path), "--threads", "1",
         "--num-pictures", "32", "--vae-steps", "2", "--vision-steps", "2", "--unet-steps", "2", "--data-scale", "0.0005",
         "--dreamllm-steps", "2", "--sft-steps", "2", "--batch-size", "2",
     ]

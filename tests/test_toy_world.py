@@ -9,7 +9,7 @@ import pytest
 from folders import folder_files
 from PIL import Image
 
-from dreamllm.training import toy_world as tw
+from dreamllm import toy_world as tw
 
 
 def _read_jsonl(path):

@@ -1,7 +1,7 @@
 """Builds the toy-world DreamLLM that ships with the package, from nothing, in resumable steps.
 
-    python -m dreamllm.training.build_toy_model --work-dir toy-build            # every step, skipping finished ones
-    python -m dreamllm.training.build_toy_model --work-dir toy-build --only vae # one step
+    python -m dreamllm.toy_world.build_toy_model --work-dir toy-build            # every step, skipping finished ones
+    python -m dreamllm.toy_world.build_toy_model --work-dir toy-build --only vae # one step
 
 Steps (each writes `<work-dir>/<step>/` atomically; a finished step is skipped on the next run):
 
@@ -30,7 +30,9 @@ from transformers import CLIPVisionModel
 
 from dreamllm.file_utils import atomic_directory
 from dreamllm.pipelines import TOY_MODEL_PATH, DreamLLMPipeline
-from dreamllm.training import toy_model, toy_world, train
+from dreamllm.toy_world import components as toy_model
+from dreamllm.toy_world import world as toy_world
+from dreamllm.training import train
 
 STEPS = ("vae", "vision", "unet", "assemble", "data", "dreamllm", "sft", "export")
 DATA_MIX = {"document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000}

@@ -1,6 +1,6 @@
 """The toy-world DreamLLM: its components, and how each is pretrained before DreamLLM's own training.
 
-The toy world (`dreamllm.training.toy_world`) has its own small "Stable Diffusion" and "CLIP", built and trained here:
+The toy world (`dreamllm.toy_world`) has its own small "Stable Diffusion" and "CLIP", built and trained here:
 
 - a VAE (scale factor 4: 64x64 pictures, 4x16x16 latents) trained to reconstruct toy pictures;
 - a UNet over those latents, trained together with a :class:`ToyConditionEncoder` (this world's text encoder: it
@@ -9,7 +9,7 @@ The toy world (`dreamllm.training.toy_world`) has its own small "Stable Diffusio
 - a CLIP vision encoder (64 px, 16 patches) trained to tell colour, shape, size and position, then frozen;
 - a word-level tokenizer over the toy world's words and a small Llama, trained from scratch during DreamLLM's stages.
 
-`python -m dreamllm.training.build_toy_model` runs these steps and DreamLLM's stages, resumably, and writes the shipped checkpoint.
+`python -m dreamllm.toy_world.build_toy_model` runs these steps and DreamLLM's stages, resumably, and writes the shipped checkpoint.
 """
 
 import math
@@ -35,7 +35,7 @@ from dreamllm.processing.processing_dreamllm import VICUNA_V1_1_SYSTEM_MESSAGE
 from dreamllm.processing.tokenization_dreamllm import build_tiny_tokenizer
 from dreamllm.testing import config_for_tokenizer
 
-from . import toy_world
+from . import world as toy_world
 
 IMAGE_SIZE = toy_world.IMAGE_SIZE
 PATCH_SIZE = 16
