@@ -1,6 +1,8 @@
 """The toy-world DreamLLM shipped with the package: it loads by default, draws what it is asked, reads what it sees,
 and `python -m dreamllm.toy_world.build_toy_model` rebuilds a model like it from nothing."""
 
+import json
+import re
 import subprocess
 import sys
 
@@ -10,10 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 from dreamllm import TOY_MODEL_PATH, DreamLLMPipeline
-from dreamllm.cli import main as dreamllm_main
 from dreamllm import toy_world
+from dreamllm.cli import main as dreamllm_main
 from dreamllm.toy_world import components as toy_model
-
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,22 @@ def toy_pipeline():
     pipe = DreamLLMPipeline.from_pretrained()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def strings_in(value) -> list[str]:
+    if isinstance(value, dict):
+        return [text for item in value.items() for part in item for text in strings_in(part)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings_in(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_no_shipped_file_names_a_local_folder():
+    absolute_path = re.compile(r"(/|[A-Za-z]:\\)[^/\\\s]+([/\\][^/\\\s]+)+")
+    for path in TOY_MODEL_PATH.rglob("*.json"):
+        config = json.loads(path.read_text())
+        assert "_name_or_path" not in config, path
+        assert not [text for text in strings_in(config) if absolute_path.fullmatch(text)], path
 
 
 def test_the_shipped_checkpoint_is_small_safetensors_in_the_one_repo_layout():
@@ -84,6 +101,7 @@ def test_the_build_script_runs_every_step_and_resumes(tmp_path):
     pipe = DreamLLMPipeline.from_pretrained(tmp_path / "export")
     assert pipe.unet.config.cross_attention_dim == pipe.model.config.condition_dim
     posterior = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist
+    assert not [path for path in (tmp_path / "export").rglob("*.json") if "_name_or_path" in path.read_text()]
     assert posterior.std.max() < 1e-5  # the diffusion loss's posterior samples are the means the UNet learned
     rerun = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     assert rerun.stdout.count("done already") == 8

@@ -151,6 +151,26 @@ def dreamllm_stage(step: str, work_dir: Path, args):
     output.rename(work_dir / step)
 
 
+def remove_local_paths(folder: Path):
+    """Drops `_name_or_path` (the build machine's folder the components were loaded from) from every saved config."""
+    for path in folder.rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def export(work_dir: Path, output: Path, install: bool, log):
+    """Saves the stage III pipeline as `export/` and, with `install`, as the package's built-in model."""
+    pipeline = DreamLLMPipeline.from_pretrained(work_dir / "sft")
+    with atomic_directory(output) as staging:
+        pipeline.save_pretrained(staging)
+        remove_local_paths(staging)
+    if install:
+        with atomic_directory(TOY_MODEL_PATH) as staging:
+            shutil.copytree(output, staging, dirs_exist_ok=True)
+        log(f"installed the exported model in {TOY_MODEL_PATH}")
+
+
 def run_step(step: str, work_dir: Path, args, log):
     output = work_dir / step
     if output.exists():
@@ -161,11 +181,7 @@ def run_step(step: str, work_dir: Path, args, log):
     if step in DREAMLLM_STEPS:
         dreamllm_stage(step, work_dir, args)
     elif step == "export":
-        pipeline = DreamLLMPipeline.from_pretrained(work_dir / "sft")
-        pipeline.save_pretrained(output)
-        if args.install:
-            pipeline.save_pretrained(TOY_MODEL_PATH)
-            log(f"installed the exported model in {TOY_MODEL_PATH}")
+        export(work_dir, output, args.install, log)
     elif step == "data":
         with atomic_directory(output) as staging:
             step_data(staging, args, log)
