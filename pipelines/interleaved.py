@@ -16,6 +16,7 @@ block drawn at the very end of a row are written to the document but never fed.
 from dataclasses import dataclass, field
 
 import torch
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from torch.nn.utils.rnn import pad_sequence
 
 
@@ -144,4 +145,26 @@ class DocumentBatch:
         return sequences.to(self.device)
 
 
-__all__ = ["DocumentBatch", "DocumentRow", "ForwardChunk"]
+@dataclass
+class DocumentRun:
+    """
+    Everything the decoding loop needs, prepared from the call's arguments.
+
+    Args:
+        batch: The rows, their prompts encoded.
+        generation_config, logits_processor, stopping_criteria: The merged decoding settings.
+        max_images: The most images one document may hold.
+        generator: The source of all randomness (one, or one per row).
+        diffusion: The keyword arguments of `DreamLLMPipeline.draw_images` that stay the same for every image.
+    """
+
+    batch: DocumentBatch
+    generation_config: GenerationConfig
+    logits_processor: LogitsProcessorList
+    stopping_criteria: StoppingCriteriaList
+    max_images: int
+    generator: torch.Generator | list[torch.Generator] | None
+    diffusion: dict
+
+
+__all__ = ["DocumentBatch", "DocumentRow", "DocumentRun", "ForwardChunk"]

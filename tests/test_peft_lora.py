@@ -136,3 +136,30 @@ def test_push_to_hub_uploads_the_adapter_with_a_model_card(trained, monkeypatch)
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files.keys()
     card = files["README.md"].decode()
     assert "library_name: peft" in card and "someone/dreamllm-lora" in card and f"base_model: {trained.base}" in card
+
+
+def test_transformers_adapter_api_works_on_the_installed_peft():
+    """`add_adapter`, `active_adapters`, `disable_adapters` / `enable_adapters`, `set_adapter` and `delete_adapter` on
+    the peft a fresh install resolves (transformers 5.24 asks for an unreleased peft 0.22 there)."""
+    from peft import LoraConfig
+
+    model, processor = tiny_model_and_processor()
+    inputs = processor(text="a red cat", return_tensors="pt")
+    with torch.no_grad():
+        base = model(**inputs).logits
+    model.add_adapter(LoraConfig(target_modules=["q_proj", "v_proj"], init_lora_weights=False), adapter_name="style")
+    assert model.active_adapters() == ["style"]
+    with torch.no_grad():
+        adapted = model(**inputs).logits
+        model.disable_adapters()
+        disabled = model(**inputs).logits
+        model.enable_adapters()
+        enabled = model(**inputs).logits
+    assert not torch.allclose(adapted, base)
+    torch.testing.assert_close(disabled, base, rtol=0, atol=0)
+    torch.testing.assert_close(enabled, adapted, rtol=0, atol=0)
+    model.add_adapter(LoraConfig(target_modules=["k_proj"]), adapter_name="other")
+    model.set_adapter("other")
+    assert model.active_adapters() == ["other"]
+    model.delete_adapter("other")
+    assert "other" not in model.peft_config
