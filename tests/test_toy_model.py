@@ -52,10 +52,28 @@ def test_the_shipped_checkpoint_is_small_safetensors_in_the_one_repo_layout():
     assert model.config.model_type == "dreamllm" and processor.num_dream_queries == model.config.num_dream_queries
 
 
-def test_every_toy_word_is_one_token(toy_pipeline):
-    tokenizer = toy_pipeline.processor.tokenizer
-    for word in toy_model.toy_vocabulary():
-        assert tokenizer.tokenize(word) == ["▁" + word], word
+@pytest.fixture(scope="module")
+def toy_tokenizer():
+    return toy_model.toy_processor().tokenizer
+
+
+def test_the_toy_tokenizer_keeps_world_words_whole_and_splits_new_words_into_pieces(toy_tokenizer):
+    for word in (*toy_world.COLOUR_NAMES, *toy_world.SHAPES, "colour", "color", "draw", "show", "small", "large"):
+        assert toy_tokenizer.tokenize(f"a {word}") == ["▁a", "▁" + word], word
+    pieces = toy_tokenizer.tokenize("Could you skecth a blu circle?")
+    assert "▁circle" in pieces and toy_tokenizer.unk_token not in pieces
+    assert "▁skecth" not in pieces and len([p for p in pieces if "k" in p or "h" in p]) >= 2
+    ids = toy_tokenizer("Could you skecth a blu circle?", add_special_tokens=False).input_ids
+    assert toy_tokenizer.decode(ids) == "Could you skecth a blu circle?"
+    assert toy_tokenizer.tokenize("Show me a red circle.") == ["▁Show", "▁me", "▁a", "▁red", "▁circle", "."]
+
+
+def test_the_toy_tokenizer_has_the_dreamllm_tokens(toy_tokenizer):
+    shipped = AutoProcessor.from_pretrained(TOY_MODEL_PATH).tokenizer
+    for token in ("<dream>", "<dream_start>", "<dream_end>", "<im_start>", "<im_end>", "<im_patch>"):
+        assert toy_tokenizer.convert_tokens_to_ids(token) != toy_tokenizer.unk_token_id, token
+        assert token in toy_tokenizer.tokenize(f"a {token} b")
+    assert set(shipped.special_tokens_map) == set(toy_tokenizer.special_tokens_map)
 
 
 def test_readme_command_draws_a_red_circle_then_a_blue_triangle(tmp_path, capsys):

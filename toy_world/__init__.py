@@ -1,5 +1,7 @@
 """The toy world and the built-in toy-world DreamLLM made from it.
 
+- `dreamllm.toy_world.grammar`: the request language (many ways to ask for pictures and about one), each
+  production split into training and held-out phrasings.
 - `dreamllm.toy_world.world`: one filled shape on a white 64x64 canvas, the texts about it (captions, questions,
   creation requests, interleaved documents), the JSON Lines datasets of `dreamllm.training`, and the pixel analyzer
   that judges pictures. Its public names are re-exported here (`toy_world.write_dataset(...)`).
@@ -9,6 +11,7 @@
   `dreamllm.TOY_MODEL_PATH` (package data in `dreamllm/toy_model/`).
 """
 
+from . import grammar
 from .world import (
     CAPTION_TEMPLATES,
     COLOUR_NAMES,
@@ -16,10 +19,10 @@ from .world import (
     IMAGE_SIZE,
     MAX_SIZE,
     MIN_SIZE,
-    PROMPT_TEMPLATES,
-    QA_TEMPLATES,
     SAMPLE_KINDS,
+    SIZE_RANGES,
     SHAPES,
+    ANSWERS,
     Scene,
     analyze_image,
     answer_document,
@@ -34,22 +37,24 @@ from .world import (
     sample_objects,
     sample_rng,
     sample_scene,
+    sample_sizes,
     shape_mask,
     short_description,
     write_dataset,
 )
 
 __all__ = [
+    "grammar",
     "CAPTION_TEMPLATES",
     "COLOURS",
     "COLOUR_NAMES",
     "IMAGE_SIZE",
     "MAX_SIZE",
     "MIN_SIZE",
-    "PROMPT_TEMPLATES",
-    "QA_TEMPLATES",
     "SAMPLE_KINDS",
+    "SIZE_RANGES",
     "SHAPES",
+    "ANSWERS",
     "Scene",
     "analyze_image",
     "answer_document",
@@ -64,6 +69,7 @@ __all__ = [
     "sample_objects",
     "sample_rng",
     "sample_scene",
+    "sample_sizes",
     "shape_mask",
     "short_description",
     "write_dataset",

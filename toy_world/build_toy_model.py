@@ -35,8 +35,11 @@ from dreamllm.toy_world import world as toy_world
 from dreamllm.training import train
 
 STEPS = ("vae", "vision", "unet", "assemble", "data", "dreamllm", "sft", "export")
-DATA_MIX = {"document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000}
-SFT_MIX = {"qa": 3000, "instruction_creation": 4000}
+DATA_MIX = {
+    "document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000, "impossible_request": 600,
+}
+SFT_MIX = {"qa": 3000, "instruction_creation": 4000, "impossible_request": 600}
+PRETRAINED_COMPONENTS = ("vae", "vision", "unet")
 DREAMLLM_STEPS = {  # step: (the folder it starts from, its training data, DreamLLM stage, share of --learning-rate)
     "dreamllm": ("assemble", "data/pretraining/train.jsonl", 2, 1.0),
     "sft": ("dreamllm", "data/instructions/train.jsonl", 3, 1 / 3),
@@ -171,6 +174,21 @@ def export(work_dir: Path, output: Path, install: bool, log):
         log(f"installed the exported model in {TOY_MODEL_PATH}")
 
 
+def seed_components(source: Path, work_dir: Path, log):
+    """Fills the `vae`, `vision` and `unet` step folders that do not exist yet from the saved pipeline `source`, so
+    a rebuild that changes only the language (tokenizer, texts) skips pretraining the picture components."""
+    pipeline = DreamLLMPipeline.from_pretrained(source)
+    components = {"vae": pipeline.vae, "vision": pipeline.model.model.vision_tower, "unet": pipeline.unet}
+    for step in PRETRAINED_COMPONENTS:
+        output = work_dir / step
+        if output.exists():
+            continue
+        with atomic_directory(output) as staging:
+            components[step].save_pretrained(staging / "unet" if step == "unet" else staging)
+        remove_local_paths(output)
+        log(f"{step}: taken from {source}")
+
+
 def run_step(step: str, work_dir: Path, args, log):
     output = work_dir / step
     if output.exists():
@@ -212,6 +230,11 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--condition-dropout", type=float, default=0.1)
+    parser.add_argument(
+        "--from-components", type=Path, default=None, metavar="PIPELINE",
+        help="Take the VAE, vision encoder and UNet from this saved pipeline (e.g. the installed toy model) instead of "
+        "pretraining them.",
+    )
     parser.add_argument("--install", action="store_true", help="Copy the exported model into the package checkout.")
     parser.add_argument("--clean", action="store_true", help="Delete the work directory first.")
     args = parser.parse_args()
@@ -221,6 +244,8 @@ def main():
         shutil.rmtree(args.work_dir)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     log = log_to(args.work_dir)
+    if args.from_components:
+        seed_components(args.from_components, args.work_dir, log)
     for step in args.only or STEPS:
         run_step(step, args.work_dir, args, log)
 
