@@ -27,10 +27,12 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 import torch
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 from dreamllm import DreamLLMPipeline
 from dreamllm.toy_world import evaluation, grammar
 
+SCHEDULERS = {"ddpm": (DDPMScheduler, {}), "dpm-solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"})}
 MEASURES = ("caption_to_image", "documents", "comprehension", "refusals")
 
 
@@ -71,12 +73,17 @@ def main():
     parser.add_argument("--num-refusals", type=int, default=12, help="requests the toy world cannot draw")
     parser.add_argument("--only", choices=MEASURES, action="append")
     parser.add_argument("--splits", choices=grammar.SPLITS, nargs="+", default=list(grammar.SPLITS))
+    parser.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None,
+                        help="replace the model's scheduler (default: the one saved with it)")
     parser.add_argument("--show-failures", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--picture", type=Path, help="also draw the README's example document into this PNG")
     args = parser.parse_args()
     pipe = DreamLLMPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.scheduler:
+        scheduler_class, options = SCHEDULERS[args.scheduler]
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **options)
     results = {"steps": args.steps, "guidance": args.guidance, "scheduler": type(pipe.scheduler).__name__}
     for split in args.splits:
         for name in args.only or MEASURES:

@@ -9,7 +9,8 @@ import sys
 import PIL.Image
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoProcessor
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import AutoModelForCausalLM, AutoProcessor, CLIPVisionModel
 
 from dreamllm import TOY_MODEL_PATH, DreamLLMPipeline
 from dreamllm import toy_world
@@ -123,6 +124,22 @@ def test_the_build_script_runs_every_step_and_resumes(tmp_path):
     assert posterior.std.max() < 1e-5  # the diffusion loss's posterior samples are the means the UNet learned
     rerun = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     assert rerun.stdout.count("done already") == 8
+
+
+def test_the_build_script_reuses_the_components_of_a_saved_pipeline(tmp_path):
+    command = [
+        sys.executable, "-m", "dreamllm.toy_world.build_toy_model", "--work-dir", str(tmp_path), "--threads", "1",
+        "--from-components", str(TOY_MODEL_PATH), "--only", "vae", "--only", "vision", "--only", "unet",
+    ]
+    result = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert result.stdout.count("taken from") == 3 and result.stdout.count("done already") == 3
+    shipped = DreamLLMPipeline.from_pretrained()
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet" / "unet")
+    vision = CLIPVisionModel.from_pretrained(tmp_path / "vision")
+    assert torch.equal(unet.conv_in.weight, shipped.unet.conv_in.weight)
+    assert torch.equal(next(vision.parameters()), next(shipped.model.model.vision_tower.parameters()))
+    assert AutoencoderKL.from_pretrained(tmp_path / "vae").config.scaling_factor == shipped.vae.config.scaling_factor
+    assert not [path for path in tmp_path.rglob("*.json") if "_name_or_path" in path.read_text()]
 
 
 def test_train_without_a_model_fine_tunes_the_toy_model(tmp_path):
