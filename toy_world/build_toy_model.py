@@ -2,6 +2,8 @@
 
     python -m dreamllm.toy_world.build_toy_model --work-dir toy-build            # every step, skipping finished ones
     python -m dreamllm.toy_world.build_toy_model --work-dir toy-build --only vae # one step
+    python -m dreamllm.toy_world.build_toy_model --work-dir toy-build --from-components PIPELINE --install
+        # reuse PIPELINE's VAE, vision encoder and UNet (steps 1-3), retrain only the language side
 
 Steps (each writes `<work-dir>/<step>/` atomically; a finished step is skipped on the next run):
 
