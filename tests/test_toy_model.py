@@ -140,6 +140,8 @@ def test_the_build_script_reuses_the_components_of_a_saved_pipeline(tmp_path):
     assert torch.equal(next(vision.parameters()), next(shipped.model.model.vision_tower.parameters()))
     assert AutoencoderKL.from_pretrained(tmp_path / "vae").config.scaling_factor == shipped.vae.config.scaling_factor
     assert not [path for path in tmp_path.rglob("*.json") if "_name_or_path" in path.read_text()]
+    missing = subprocess.run([*command[:6], "--from-components", str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "--from-components" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_train_without_a_model_fine_tunes_the_toy_model(tmp_path):

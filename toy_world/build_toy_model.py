@@ -240,6 +240,8 @@ def main():
     parser.add_argument("--install", action="store_true", help="Copy the exported model into the package checkout.")
     parser.add_argument("--clean", action="store_true", help="Delete the work directory first.")
     args = parser.parse_args()
+    if args.from_components and not (args.from_components / "model_index.json").is_file():
+        parser.error(f"--from-components {args.from_components}: not a saved pipeline folder (no model_index.json)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clean and args.work_dir.exists():
