@@ -49,7 +49,7 @@ from .loading import COMPONENTS, WEIGHTED_COMPONENTS, LoadingOptions, check_save
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
-"""The toy-world DreamLLM shipped inside the package, used when no model is named (see `python -m dreamllm.training.build_toy_model`)."""
+"""The toy-world DreamLLM shipped inside the package, used when no model is named (see `python -m dreamllm.toy_world.build_toy_model`)."""
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MAX_NEW_TOKENS = 256
