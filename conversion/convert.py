@@ -1,14 +1,14 @@
 """Converting an original DreamLLM release into the one-folder layout every entry point loads.
 
 The conversion never builds the model in memory. It checks every tensor's name and shape against a model built on
-the meta device, then streams the tensors file group by file group (the three plugin files together, then each
-language-model file) into safetensors shards, so the memory it needs is about that of the largest input file.
+the meta device and lays out the output shards from those names, dtypes and shapes; then it opens one input file at
+a time and copies each tensor in chunks, cast on the way, to its place in its shard. It never holds a whole tensor,
+file or shard: from safetensors it needs a few chunks of memory (`weights.CHUNK_BYTES`), from a pickle about the
+size of that file (its memory map), whatever the dtype and the shard size.
 """
 
 import logging
 import os
-from collections.abc import Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,8 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from transformers.utils.hub import convert_file_size_to_int
 
 from dreamllm.file_utils import atomic_directory
-from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM, plain_generation_settings
+from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
+from dreamllm.modeling_dreamllm.modeling_dreamllm import apply_dreamllm_generation_defaults
 from dreamllm.pipelines import DreamLLMPipeline
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.tokenization_dreamllm import convert_original_tokenizer
@@ -27,7 +28,7 @@ from dreamllm.processing.tokenization_dreamllm import convert_original_tokenizer
 from .hub import push_folder_to_hub
 from .original import OriginalCheckpoint, Rename, WeightsSource
 from .upstream import load_diffusion_parts, load_vision_parts, resolve_upstream_folder
-from .weights import LazyTensors, ShardedSafetensorsWriter, open_weights
+from .weights import LazyTensors, ShardedSafetensorsWriter, StoredTensor, open_weights
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,26 @@ MAX_PROBLEMS_SHOWN = 10
 
 @dataclass(frozen=True)
 class TensorMove:
-    """One tensor to copy: its name in the input file, the rule that renames it, its stored float dtype, and whether
-    its leading dimension (of size 1) is dropped."""
+    """One tensor to copy: its name in the input file, the rule that renames it, its stored dtype, and its shape in
+    the converted folder (which may drop a leading dimension of size 1: the bytes are the same)."""
 
     source_key: str
     rename: Rename
-    float_dtype: torch.dtype | None
-    squeeze: bool
+    stored_dtype: torch.dtype
+    target_shape: tuple[int, ...]
 
     @property
     def target_key(self) -> str:
         return self.rename.target_key(self.source_key)
+
+    @property
+    def float_dtype(self) -> torch.dtype | None:
+        """The stored dtype if it is a floating-point one, else `None`."""
+        return self.stored_dtype if self.stored_dtype.is_floating_point else None
+
+    def converted(self, dtype: torch.dtype) -> StoredTensor:
+        """The tensor as the converted folder stores it: renamed, floats in `dtype`, other dtypes kept."""
+        return StoredTensor(self.target_key, dtype if self.float_dtype else self.stored_dtype, self.target_shape)
 
 
 def convert_original_checkpoint(
@@ -82,8 +92,8 @@ def convert_original_checkpoint(
         diffusion_config: A Stable Diffusion folder (`unet/`, `vae/`, `scheduler/` configs) to use instead of the one
             the checkpoint names.
         force: Replace an existing converted model at `output_dir`.
-        max_shard_size: Largest weights file written (bytes or a string such as `"5GB"`); with a cast, also the most
-            converted data held in memory at once.
+        max_shard_size: Largest weights file written (bytes or a string such as `"5GB"`); memory does not depend
+            on it.
         push_to_hub: A Hub repo id to upload the converted folder to.
 
     Returns:
@@ -100,13 +110,14 @@ def convert_original_checkpoint(
     checkpoint = OriginalCheckpoint(input_dir)
     pipeline = empty_converted_pipeline(checkpoint, vision_config, diffusion_config)
     main_sources = checkpoint.main_sources()
-    groups = [checkpoint.plugin_sources(), *([source] for source in main_sources)]
-    plan = plan_conversion(groups, expected_shapes(pipeline))
+    sources = [*checkpoint.plugin_sources(), *main_sources]
+    plan = plan_conversion(sources, expected_shapes(pipeline))
     target_dtype = DTYPE_CHOICES[dtype] or stored_language_model_dtype(main_sources, plan)
     generation_config = original_generation_config(checkpoint) or pipeline.model.generation_config
+    apply_dreamllm_generation_defaults(generation_config, pipeline.model.config)
     with atomic_directory(output_dir, overwrite=force) as staging:
         write_configs(pipeline, generation_config, target_dtype, staging)
-        write_weights(groups, plan, target_dtype, staging, convert_file_size_to_int(max_shard_size))
+        write_weights(sources, plan, target_dtype, staging, convert_file_size_to_int(max_shard_size))
     logger.info("Converted %s to %s (%s)", checkpoint.folder, output_dir, target_dtype)
     if push_to_hub:
         message = f"Convert the original DreamLLM checkpoint ({target_dtype})"
@@ -196,15 +207,14 @@ def expected_shapes(pipeline: DreamLLMPipeline) -> dict[str, dict[str, tuple[int
 
 
 def plan_conversion(
-    groups: list[list[WeightsSource]], expected: dict[str, dict[str, tuple[int, ...]]]
+    sources: list[WeightsSource], expected: dict[str, dict[str, tuple[int, ...]]]
 ) -> dict[Path, list[TensorMove]]:
     """
-    Maps every tensor of every input file to its converted name, reading only names and shapes.
+    Maps every tensor of every input file to its converted name, reading only names, dtypes and shapes.
 
     Raises:
         `ValueError`: listing the tensors that are unexpected, duplicated, of the wrong shape, or missing.
     """
-    sources = [source for group in groups for source in group]
     plan, problems, found = {}, [], {}
     for source in sources:
         with open_weights(source.path) as tensors:
@@ -247,7 +257,7 @@ def plan_source(source: WeightsSource, tensors: LazyTensors, expected: dict, pro
                 f"{source.path.name}: {key!r} has shape {list(shape)}, the config needs {list(target_shape)}"
             )
             continue
-        moves.append(TensorMove(key, rename, tensors.float_dtype(key), squeeze))
+        moves.append(TensorMove(key, rename, tensors.dtype(key), target_shape))
     if ignored:
         logger.info("%s: dropped %d tensors the original loader ignores", source.path.name, ignored)
     return moves
@@ -283,7 +293,6 @@ def write_configs(pipeline: DreamLLMPipeline, generation_config: GenerationConfi
     model_config.architectures = [type(pipeline.model).__name__]
     model_config.dtype = dtype
     model_config.save_pretrained(folder)
-    generation_config.update(**plain_generation_settings(model_config, generation_config))
     generation_config.save_pretrained(folder)
     pipeline.processor.save_pretrained(folder)
     pipeline.unet.save_config(folder / "unet")
@@ -293,35 +302,31 @@ def write_configs(pipeline: DreamLLMPipeline, generation_config: GenerationConfi
 
 
 def write_weights(
-    groups: Iterable[list[WeightsSource]],
+    sources: list[WeightsSource],
     plan: dict[Path, list[TensorMove]],
     dtype: torch.dtype,
     folder: Path,
     max_shard_bytes: int,
 ):
     """
-    Streams the planned tensors into the model, UNet and VAE safetensors files, casting floating-point tensors to
-    `dtype`. A group's files are open together, and its shards are written before the next group is opened.
+    Copies the planned tensors into the model, UNet and VAE safetensors shards, chunk by chunk, casting
+    floating-point tensors to `dtype`; one input file is open at a time.
     """
+    moves = [move for source in sources for move in plan[source.path]]
     writers = {
-        component: ShardedSafetensorsWriter(folder / subfolder, stem, max_shard_bytes)
+        component: ShardedSafetensorsWriter(
+            folder / subfolder,
+            stem,
+            [move.converted(dtype) for move in moves if move.rename.component == component],
+            max_shard_bytes,
+        )
         for component, (subfolder, stem) in WEIGHTS_LAYOUT.items()
     }
-    for group in groups:
-        with ExitStack() as stack:
-            for source in group:
-                tensors = stack.enter_context(open_weights(source.path))
-                for move in plan[source.path]:
-                    tensor = tensors.tensor(move.source_key)
-                    writers[move.rename.component].add(move.target_key, converted_tensor(tensor, move, dtype))
-            for writer in writers.values():
-                writer.end_shard()
+    for source in sources:
+        with open_weights(source.path) as tensors:
+            for move in plan[source.path]:
+                target = move.converted(dtype)
+                chunks = (chunk.to(target.dtype) for chunk in tensors.chunks(move.source_key))
+                writers[move.rename.component].write(target.key, chunks)
     for writer in writers.values():
         writer.close()
-
-
-def converted_tensor(tensor: torch.Tensor, move: TensorMove, dtype: torch.dtype) -> torch.Tensor:
-    """The tensor as the converted folder stores it: leading dimension dropped if planned, floats cast."""
-    if move.squeeze:
-        tensor = tensor[0]
-    return tensor.to(dtype) if tensor.is_floating_point() else tensor

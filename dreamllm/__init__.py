@@ -13,6 +13,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from dreamllm.peft_compatibility import allow_released_peft
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM, DreamLLMModel
 from dreamllm.pipelines import TOY_MODEL_PATH, DreamLLMPipeline, DreamLLMPipelineOutput
 import dreamllm.pipelines.interleaved_generation  # noqa: F401  (registers the transformers task "interleaved-generation")
@@ -30,6 +31,7 @@ def _register_auto_classes():
 
 
 _register_auto_classes()
+allow_released_peft()
 
 __all__ = [
     "TOY_MODEL_PATH",

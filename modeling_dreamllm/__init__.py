@@ -8,9 +8,6 @@ from .modeling_dreamllm import (
     DreamLLMModelOutputWithPast,
     DreamLLMPreTrainedModel,
     DreamQueries,
-    drawing_eos_token_ids,
-    pipeline_only_token_ids,
-    plain_generation_settings,
 )
 
 __all__ = [
@@ -21,7 +18,4 @@ __all__ = [
     "DreamLLMModelOutputWithPast",
     "DreamLLMPreTrainedModel",
     "DreamQueries",
-    "drawing_eos_token_ids",
-    "pipeline_only_token_ids",
-    "plain_generation_settings",
 ]

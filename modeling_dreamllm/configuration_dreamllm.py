@@ -5,7 +5,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
-RELEASED_SPECIAL_TOKEN_ORDER = (
+ADDED_TOKENS_ORDER = (
     "pad_token_id",
     "image_start_token_id",
     "dream_end_token_id",
@@ -15,7 +15,7 @@ RELEASED_SPECIAL_TOKEN_ORDER = (
     "image_token_id",
     "dream_token_id",
 )
-"""The order of the 8 added tokens in the released checkpoints' vocabulary (ids 32000-32007 of DreamLLM-7B)."""
+"""The order in which the released DreamLLM checkpoints number the eight tokens they add to the Llama vocabulary."""
 
 
 class DreamLLMConfig(PreTrainedConfig):
@@ -39,8 +39,8 @@ class DreamLLMConfig(PreTrainedConfig):
         dream_start_token_id, dream_end_token_id (`int`, *optional*):
             Ids of `[PAD]`, `<image>`, `<im_patch>`, `<im_start>`, `<im_end>`, `<dream>`, `<dream_start>` and
             `<dream_end>`. The released checkpoints do not number them in list order: converted models read them from
-            the checkpoint. Unset ids default to the released checkpoints' places among the last 8 ids of
-            `text_config.vocab_size` (32000-32007 for the 7B vocabulary).
+            the checkpoint. Left unset, they are the last eight ids of the vocabulary in the released order
+            (`ADDED_TOKENS_ORDER`).
         loss_weight_lm (`float`, *optional*, defaults to 1.0):
             Weight of the language-model cross-entropy in the training objective.
         loss_weight_diffusion (`float`, *optional*, defaults to 10.0):
@@ -100,17 +100,16 @@ class DreamLLMConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self.set_default_special_token_ids()
+        self.fill_special_token_ids()
         self.validate_dreamllm_fields()
 
-    def set_default_special_token_ids(self):
+    def fill_special_token_ids(self):
         """
-        Gives every special token id left unset the place the released checkpoints give it among the last 8 ids of
-        the vocabulary (`[PAD]` at `vocab_size - 8`, ... `<dream>` at `vocab_size - 1`), so the defaults fit any
-        vocabulary size.
+        Gives every special token left unset the id the released checkpoints give it: the eight added tokens are the
+        last eight of the vocabulary, in the order of `ADDED_TOKENS_ORDER` (32000-32007 for the 32008 of DreamLLM-7B).
         """
-        first_added_id = self.text_config.vocab_size - len(RELEASED_SPECIAL_TOKEN_ORDER)
-        for offset, name in enumerate(RELEASED_SPECIAL_TOKEN_ORDER):
+        first_added_id = self.text_config.vocab_size - len(ADDED_TOKENS_ORDER)
+        for offset, name in enumerate(ADDED_TOKENS_ORDER):
             if getattr(self, name) is None:
                 setattr(self, name, first_added_id + offset)
 

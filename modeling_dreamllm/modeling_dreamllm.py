@@ -8,10 +8,12 @@ positions receive the learned dream queries, and the final-norm hidden states at
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModel, GenerationConfig, GenerationMixin, LlamaModel, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, LlamaModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
@@ -22,6 +24,12 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_dreamllm import DreamLLMConfig
+from .loading_checks import (
+    CheckpointError,
+    incomplete_checkpoint_error,
+    shape_mismatch_error,
+    unreadable_weights_error,
+)
 
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 """The name transformers gives the key/value cache in forward arguments and outputs: "past_key_values" up to 5.23,
@@ -30,15 +38,23 @@ CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).par
 logger = logging.get_logger(__name__)
 
 
-def deprecate_old_cache_argument(forward):
-    """From transformers 5.24 on, warns about `past_key_values` (renamed `cache`) as 5.24's own models do."""
+def warn_on_old_cache_argument(forward):
+    """Where transformers calls the cache `cache`, `past_key_values` still works with the warning its models give."""
     if CACHE_ARGUMENT == "cache":
         return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
     return forward
 
 
+class ImageOutputsAlias:
+    """`image_hidden_states`: the documented alias of `image_outputs.pooler_output`, the projected image features."""
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
+
+
 @dataclass
-class DreamLLMModelOutputWithPast(BaseModelOutputWithPast):
+class DreamLLMModelOutputWithPast(ImageOutputsAlias, BaseModelOutputWithPast):
     """
     Outputs of [`DreamLLMModel`].
 
@@ -52,8 +68,8 @@ class DreamLLMModelOutputWithPast(BaseModelOutputWithPast):
         attentions (`tuple(torch.FloatTensor)`, *optional*):
             Attention weights, returned when `output_attentions=True`.
         image_outputs (`BaseModelOutputWithPooling`, *optional*):
-            The vision tower's output for the input images, with the projected features written into the image
-            blocks, `(num_images, num_image_tokens, hidden_size)`, as `pooler_output` (see `get_image_features`).
+            The vision tower's output for the input images, with the projected features written into the image blocks
+            (`(num_images, num_image_tokens, hidden_size)`) as `pooler_output`; also reachable as `image_hidden_states`.
         dream_conditions (`torch.FloatTensor` of shape `(num_dream_blocks, num_dream_queries, condition_dim)`, *optional*):
             UNet conditions of every dream block of the input, in row-major order.
     """
@@ -61,14 +77,9 @@ class DreamLLMModelOutputWithPast(BaseModelOutputWithPast):
     image_outputs: BaseModelOutputWithPooling | None = None
     dream_conditions: torch.FloatTensor | None = None
 
-    @property
-    def image_hidden_states(self) -> torch.FloatTensor | None:
-        """The projected image features, `image_outputs.pooler_output` (alias kept from earlier releases)."""
-        return None if self.image_outputs is None else self.image_outputs.pooler_output
-
 
 @dataclass
-class DreamLLMCausalLMOutputWithPast(ModelOutput):
+class DreamLLMCausalLMOutputWithPast(ImageOutputsAlias, ModelOutput):
     """
     Outputs of [`DreamLLMForCausalLM`].
 
@@ -85,7 +96,8 @@ class DreamLLMCausalLMOutputWithPast(ModelOutput):
         attentions (`tuple(torch.FloatTensor)`, *optional*):
             Attention weights, returned when `output_attentions=True`.
         image_outputs (`BaseModelOutputWithPooling`, *optional*):
-            The vision tower's output for the input images, projected features as `pooler_output`.
+            The vision tower's output for the input images, with the projected features as `pooler_output` (also
+            reachable as `image_hidden_states`).
         dream_conditions (`torch.FloatTensor` of shape `(num_dream_blocks, num_dream_queries, condition_dim)`, *optional*):
             UNet conditions of every dream block of the input, in row-major order.
     """
@@ -100,11 +112,6 @@ class DreamLLMCausalLMOutputWithPast(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_outputs: BaseModelOutputWithPooling | None = None
     dream_conditions: torch.FloatTensor | None = None
-
-    @property
-    def image_hidden_states(self) -> torch.FloatTensor | None:
-        """The projected image features, `image_outputs.pooler_output` (alias kept from earlier releases)."""
-        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 @dataclass
@@ -146,6 +153,60 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """
+        `PreTrainedModel.from_pretrained`, with clear errors for damaged checkpoints: a weight file that cannot be read
+        or a tensor of the wrong shape is named, and a checkpoint that lacks a DreamLLM tensor or holds one the model
+        does not have is refused (transformers would log it and leave random weights). With
+        `output_loading_info=True` the model loads as transformers loads it and the report is returned to inspect.
+
+        Raises:
+            `CheckpointError` (a `ValueError`): naming the file or tensors and what is wrong with them.
+        """
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        folder = Path(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        local_folder = folder if folder is not None and folder.is_dir() else None
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:
+            if local_folder is None:
+                raise
+            raise unreadable_weights_error(local_folder, error) from error
+        except RuntimeError as error:
+            mismatch = local_folder is not None and cls.shape_mismatch_in(local_folder, kwargs.get("config"))
+            if not mismatch:
+                raise
+            raise mismatch from error
+        if wants_loading_info:
+            return model, loading_info
+        if pretrained_model_name_or_path is not None:
+            incomplete = incomplete_checkpoint_error(
+                str(pretrained_model_name_or_path), loading_info["missing_keys"], loading_info["unexpected_keys"]
+            )
+            if incomplete is not None:
+                raise incomplete
+        return model
+
+    @classmethod
+    def shape_mismatch_in(cls, folder: Path, config: DreamLLMConfig | None) -> CheckpointError | None:
+        """The error naming a tensor of `folder` whose shape the model (as its config describes it) cannot take."""
+        config = config if isinstance(config, DreamLLMConfig) else DreamLLMConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            expected_shapes = {name: tuple(tensor.shape) for name, tensor in cls(config).state_dict().items()}
+        return shape_mismatch_error(folder, expected_shapes)
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """
+        Only code loaded from the Hub counts as custom: DreamLLM initializes through `transformers.initialization`, as
+        transformers' own models do, so missing weights of the vision tower get CLIP's own initialization (its
+        attention and MLP blocks, which hold no parameters of their own, are not skipped).
+        """
+        return cls.is_remote_code()
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, DreamQueries):
@@ -154,6 +215,8 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
 
 class DreamLLMModel(DreamLLMPreTrainedModel):
     """The DreamLLM backbone: vision tower + vision projector, Llama, dream queries and dream projector."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]  # the head of a DreamLLMForCausalLM checkpoint
 
     def __init__(self, config: DreamLLMConfig):
         super().__init__(config)
@@ -167,32 +230,40 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """
-        Encodes images into language-model inputs: the vision tower's hidden states at `config.vision_feature_layer`
-        (no post-layernorm), CLS token dropped, through the vision projector.
+        Encodes images into language-model inputs: the vision tower's hidden states at `vision_feature_layer`
+        (`config.vision_feature_layer` by default; no post-layernorm), CLS token dropped, through the vision projector.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`):
                 Images prepared by the processor's image processor.
+            vision_feature_layer (`int`, *optional*):
+                Index into the vision tower's hidden states to read the patch features from.
             output_hidden_states, output_attentions, return_dict:
-                As for the vision tower; its hidden states are returned only when asked for.
+                As for the vision tower; its hidden states and attentions are returned when asked for.
 
         Returns:
-            The vision tower's `BaseModelOutputWithPooling`, with the projected features
+            [`~modeling_outputs.BaseModelOutputWithPooling`]: the vision tower's output, with the projected features
             `(num_images, num_image_tokens, hidden_size)` as `pooler_output`.
         """
-        output_hidden_states = kwargs.pop("output_hidden_states", False)
-        vision_dtype = self.vision_projector.weight.dtype
-        feature_layer = self.config.vision_feature_layer
+        if vision_feature_layer is None:
+            vision_feature_layer = self.config.vision_feature_layer
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
         image_outputs = self.vision_tower(
-            pixel_values.to(vision_dtype), output_hidden_states=True, return_dict=True, **kwargs
+            pixel_values.to(self.vision_projector.weight.dtype),
+            output_hidden_states=True if output_hidden_states else vision_feature_layer,
+            return_dict=True,
+            **kwargs,
         )
-        patch_features = image_outputs.hidden_states[feature_layer][:, 1:]
-        image_outputs.pooler_output = self.vision_projector(patch_features)
+        patch_features = image_outputs.hidden_states[vision_feature_layer][:, 1:]
         if not output_hidden_states:
             image_outputs.hidden_states = None
+        image_outputs.pooler_output = self.vision_projector(patch_features)
         return image_outputs
 
     def project_dream_states(self, hidden_states: torch.FloatTensor) -> torch.FloatTensor:
@@ -209,6 +280,9 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         """
         config = self.config
         batch_size, sequence_length = input_ids.shape
+        if sequence_length < 2:  # one token per row (a decoding step) cannot hold an opener and its patches
+            no_patches = torch.zeros_like(input_ids, dtype=torch.bool)
+            return BlockLayout(no_patches, no_patches, torch.zeros_like(input_ids), 0, 0)
         positions = torch.arange(sequence_length, device=input_ids.device).expand(batch_size, -1)
         is_patch = input_ids == config.image_patch_token_id
         run_opener = torch.where(is_patch, -1, positions).cummax(dim=1).values
@@ -237,38 +311,40 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
                 f"every {kind} block needs exactly {block_length}: {num_blocks * block_length} expected"
             )
 
-    def placeholder_ids_from_embeddings(self, inputs_embeds: torch.FloatTensor) -> torch.LongTensor:
+    def get_placeholder_ids(self, inputs_embeds: torch.FloatTensor) -> torch.LongTensor:
         """
-        The block tokens (`<im_start>`, `<dream_start>`, `<im_patch>`) found in ready-made embeddings, as transformers'
-        `get_placeholder_mask` finds them: positions equal to a token's embedding get its id, the others -1.
+        Recovers the block tokens from embeddings, as transformers' `get_placeholder_mask` does: a position whose
+        embedding equals that of `<im_patch>`, `<im_start>` or `<dream_start>` gets that token's id, every other
+        position -1. The result locates image and dream blocks with `get_block_layout`.
         """
         config = self.config
-        token_ids = [config.image_start_token_id, config.dream_start_token_id, config.image_patch_token_id]
-        token_ids = torch.tensor(token_ids, device=inputs_embeds.device)
-        token_embeddings = self.get_input_embeddings()(token_ids).to(inputs_embeds.dtype)
-        matches = (inputs_embeds.unsqueeze(-2) == token_embeddings).all(-1)
-        found = matches.any(-1)
-        return torch.where(found, token_ids[matches.int().argmax(-1)], -1)
+        block_token_ids = torch.tensor(
+            [config.image_patch_token_id, config.image_start_token_id, config.dream_start_token_id],
+            device=inputs_embeds.device,
+        )
+        block_embeddings = self.get_input_embeddings()(block_token_ids).to(inputs_embeds.dtype)
+        matches = (inputs_embeds.unsqueeze(-2) == block_embeddings).all(-1)
+        return torch.where(matches.any(-1), block_token_ids[matches.int().argmax(-1)], -1)
 
     def embed_multimodal_inputs(
         self,
-        input_ids: torch.LongTensor | None,
+        input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.FloatTensor, BlockLayout, BaseModelOutputWithPooling | None]:
         """
-        Token embeddings of `input_ids` (or the given `inputs_embeds`, whose blocks are located from the embeddings)
-        with the dream queries written into dream blocks and the image features of `pixel_values` (one image per
-        image block, in row-major order) written into image blocks.
+        Token embeddings of `input_ids` (or the given `inputs_embeds`, whose blocks are found from the embeddings of the
+        block tokens) with the dream queries written into dream blocks and the image features of `pixel_values` (one
+        image per image block, in row-major order) written into image blocks.
 
         Returns:
-            The input embeddings, the block layout and the vision outputs of the images (or `None`).
+            The input embeddings, the block layout and the vision outputs of `get_image_features` (or `None`).
         """
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        else:
-            input_ids = self.placeholder_ids_from_embeddings(inputs_embeds)
+        elif input_ids is None:
+            input_ids = self.get_placeholder_ids(inputs_embeds)
         layout = self.get_block_layout(input_ids)
         num_images = 0 if pixel_values is None else pixel_values.shape[0]
         if num_images != layout.num_image_blocks:
@@ -283,15 +359,13 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             )
         image_outputs = None
         if num_images:
-            image_outputs = self.get_image_features(pixel_values, **kwargs)
-            image_features = image_outputs.pooler_output
-            inputs_embeds = inputs_embeds.masked_scatter(
-                layout.image_patch_mask.unsqueeze(-1), image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-            )
+            image_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+            image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(layout.image_patch_mask.unsqueeze(-1), image_features)
         return inputs_embeds, layout, image_outputs
 
     def unused_modules_zero_term(
-        self, layout: BlockLayout | None, image_features: torch.FloatTensor | None
+        self, layout: BlockLayout, image_outputs: BaseModelOutputWithPooling | None
     ) -> torch.FloatTensor:
         """
         A scalar that is exactly zero but depends on every module the batch did not use: the vision tower and vision
@@ -301,18 +375,18 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         """
         projector_weight = self.vision_projector.weight
         zero_term = projector_weight.new_zeros(())
-        if image_features is None:
+        if image_outputs is None:
             vision_config = self.config.vision_config
             blank_image = projector_weight.new_zeros(
                 1, vision_config.num_channels, vision_config.image_size, vision_config.image_size
             )
             zero_term = zero_term + self.get_image_features(blank_image).pooler_output.sum() * 0.0
-        if layout is None or not layout.num_dream_blocks:
+        if not layout.num_dream_blocks:
             zero_term = zero_term + self.project_dream_states(self.dream_queries.weight).sum() * 0.0
         return zero_term
 
     @can_return_tuple
-    @deprecate_old_cache_argument
+    @warn_on_old_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -337,8 +411,10 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
                 As for `LlamaModel`. Without `position_ids`, positions continue from the cache length (padding is not
                 skipped); `generate` passes positions that skip padding.
             inputs_embeds (`torch.FloatTensor`, *optional*):
-                Ready-made embeddings instead of `input_ids` (e.g. `get_input_embeddings()(input_ids)`); image and
-                dream blocks are located from the embeddings of their tokens.
+                Ready-made embeddings instead of `input_ids`. Image and dream blocks are found where the embeddings
+                equal those of the block tokens (see `get_placeholder_ids`), so `pixel_values` may come with them.
+            output_attentions, output_hidden_states:
+                Returned for the language model, and for the vision tower in `image_outputs`.
 
         In training mode with gradients enabled, the vision tower and projector and the dream queries and projector
         run on every call, contributing exactly zero when the batch holds no image or no dream block (see
@@ -351,8 +427,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             input_ids, pixel_values, inputs_embeds, **vision_kwargs
         )
         if self.training and torch.is_grad_enabled():  # before the language model, where images are embedded
-            image_features = None if image_outputs is None else image_outputs.pooler_output
-            inputs_embeds = inputs_embeds + self.unused_modules_zero_term(layout, image_features)
+            inputs_embeds = inputs_embeds + self.unused_modules_zero_term(layout, image_outputs)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -403,39 +478,8 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         self.model = DreamLLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
-        self.generation_config.update(**plain_generation_settings(config, self.generation_config))
-
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
-        """
-        As `PreTrainedModel.resize_token_embeddings`, refusing a size that would drop DreamLLM's special tokens.
-
-        Raises:
-            `ValueError`: naming the special tokens whose ids the new size would cut off.
-        """
-        if new_num_tokens is not None:
-            dropped = {name: token_id for name, token_id in self.config.special_token_ids.items()
-                       if token_id >= new_num_tokens}
-            if dropped:
-                raise ValueError(
-                    f"resize_token_embeddings({new_num_tokens}) would drop DreamLLM's special tokens {dropped}: "
-                    f"the vocabulary needs at least {max(dropped.values()) + 1} tokens"
-                )
-        return super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
-
-    def generate(self, *args, **kwargs):
-        """
-        `GenerationMixin.generate`. Plain generation cannot draw: the saved generation config stops rows at
-        `<dream_start>` and never samples the tokens only `DreamLLMPipeline` writes; a one-time warning points to the
-        pipeline when a row stopped there.
-        """
-        output = super().generate(*args, **kwargs)
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        if (sequences == self.config.dream_start_token_id).any():
-            logger.warning_once(
-                "The model wants to draw an image (it wrote <dream_start>), which model.generate cannot do: use "
-                "dreamllm.DreamLLMPipeline to generate documents with images"
-            )
-        return output
+        if self.generation_config is not None:
+            apply_dreamllm_generation_defaults(self.generation_config, config)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
@@ -444,13 +488,37 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
-        """The vision outputs with projected features as `pooler_output`; see `DreamLLMModel.get_image_features`."""
-        return self.model.get_image_features(pixel_values, **kwargs)
+        """The vision tower's output with the projected features as `pooler_output`; see `DreamLLMModel.get_image_features`."""
+        return self.model.get_image_features(pixel_values, vision_feature_layer=vision_feature_layer, **kwargs)
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """
+        As `PreTrainedModel.resize_token_embeddings`, refusing a size that would drop DreamLLM's special tokens.
+
+        Raises:
+            `ValueError`: naming the special tokens whose ids would fall outside the new vocabulary.
+        """
+        if new_num_tokens is not None:
+            new_size = new_num_tokens
+            if pad_to_multiple_of is not None:
+                new_size = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+            dropped = {name: token_id for name, token_id in self.config.special_token_ids.items() if token_id >= new_size}
+            if dropped:
+                raise ValueError(
+                    f"resize_token_embeddings({new_num_tokens}) would drop DreamLLM's special tokens {dropped}: the "
+                    f"vocabulary must keep at least {max(dropped.values()) + 1} tokens"
+                )
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     @can_return_tuple
-    @deprecate_old_cache_argument
+    @warn_on_old_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -473,10 +541,10 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
                 Target ids (shifted inside); -100 is ignored. The loss is the mean over the labels that are not
                 ignored, and 0 when all are.
             shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-                Targets already shifted (position i holds the target of position i, as sequence-parallel training
-                passes them); used instead of shifting `labels`.
+                Targets already shifted (position i holds the target of position i), as sequence-parallel training
+                passes them; used instead of `labels`.
             num_items_in_batch (`int` or `torch.Tensor`, *optional*):
-                The number of targets the loss is divided by (gradient accumulation passes the whole batch's).
+                The number of targets the loss is divided by (all of an accumulated batch's), instead of this call's.
             logits_to_keep (`int` or `torch.Tensor`, *optional*):
                 Compute logits only for the last `logits_to_keep` positions (0 = all).
         """
@@ -515,19 +583,18 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         shift_labels: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
         """
-        Next-token cross-entropy averaged over the targets that are not -100 (0 when there are none), or divided by
-        `num_items_in_batch` when given. Targets are `shift_labels` when given, else `labels` shifted by one.
+        Next-token cross-entropy averaged over the targets that are not -100 (0 when there are none): `labels` are
+        shifted inside, `shift_labels` are taken as they are.
         """
-        if shift_labels is None:
-            shift_labels = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
         if num_items_in_batch is None:
-            num_items_in_batch = (shift_labels != -100).sum().clamp(min=1)
+            targets = shift_labels if shift_labels is not None else labels[:, 1:]
+            num_items_in_batch = (targets != -100).sum().clamp(min=1)
         return self.loss_function(
             logits=logits,
-            labels=None,
-            shift_labels=shift_labels.contiguous(),
+            labels=labels,
             vocab_size=self.config.text_config.vocab_size,
             num_items_in_batch=num_items_in_batch,
+            shift_labels=shift_labels,
         )
 
     def dream_block_ids(self, batch_size: int, device: torch.device) -> torch.LongTensor:
@@ -585,40 +652,60 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         bos_ids = torch.tensor([[self.config.text_config.bos_token_id]], device=self.device)
         return self.get_dream_conditions(bos_ids).expand(batch_size, -1, -1)
 
+    def generate(self, *args, **kwargs):
+        """
+        `GenerationMixin.generate`. A plain causal LM cannot draw: by the model's generation config it never samples
+        the tokens only [`DreamLLMPipeline`] writes and stops at `<dream_start>`, warning once that the pipeline is what
+        writes documents with images.
+        """
+        output = super().generate(*args, **kwargs)
+        prompt = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        new_tokens = sequences[:, prompt.shape[1] :] if isinstance(prompt, torch.Tensor) else sequences
+        if (new_tokens == self.config.dream_start_token_id).any():
+            logger.warning_once(
+                "The model stopped at <dream_start>: it wants to draw an image here, which generate() cannot do. "
+                "Use dreamllm.DreamLLMPipeline to write documents with images."
+            )
+        return output
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
-        pixel_values: torch.FloatTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
         **kwargs,
-    ) -> dict:
+    ):
         """
-        As `GenerationMixin.prepare_inputs_for_generation`, keeping the images attached whenever the ids to run still
-        hold their blocks (the assistant's first pass in assisted decoding, which transformers does not count as
-        prefill), not only in prefill. A one-token decoding step holds no block and is not inspected.
+        As `GenerationMixin.prepare_inputs_for_generation`, passing `pixel_values` to every forward whose ids still
+        hold the image blocks (the prefill, and an assistant model's first pass over the prompt in assisted decoding),
+        and to no other.
         """
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids, pixel_values=pixel_values, inputs_embeds=inputs_embeds, **kwargs
-        )
-        ids_to_run = model_inputs.get("input_ids")
-        if (
-            pixel_values is not None
-            and "pixel_values" not in model_inputs
-            and ids_to_run is not None
-            and ids_to_run.shape[1] > 1
-            and self.model.get_block_layout(ids_to_run).num_image_blocks
-        ):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        model_inputs.pop("pixel_values", None)
+        if pixel_values is not None and self.holds_image_blocks(model_inputs):
             model_inputs["pixel_values"] = pixel_values
         return model_inputs
+
+    def holds_image_blocks(self, model_inputs: dict) -> bool:
+        """Whether the ids (or embeddings) a forward is about to receive are long enough to hold an image block, and do."""
+        config = self.config
+        fed_ids = model_inputs.get("input_ids")
+        if fed_ids is None:
+            return model_inputs.get("inputs_embeds") is not None
+        if fed_ids.shape[1] <= config.num_image_tokens:  # a decoding step: no sync with the device
+            return False
+        return bool((fed_ids == config.image_start_token_id).any())
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
         """Repeats each row's group of images with the row (beam search, `num_return_sequences`)."""
         pixel_values = model_kwargs.pop("pixel_values", None)
         if pixel_values is not None and expand_size > 1:
-            inputs_embeds = model_kwargs.get("inputs_embeds")
-            block_ids = input_ids if inputs_embeds is None else self.model.placeholder_ids_from_embeddings(inputs_embeds)
+            prompt_ids = input_ids
+            if input_ids is None or not input_ids.shape[1]:  # generating from inputs_embeds
+                prompt_ids = self.model.get_placeholder_ids(model_kwargs["inputs_embeds"])
             pixel_values = repeat_images_per_row(
-                pixel_values, self.model.get_block_layout(block_ids).image_patch_mask, self.config, expand_size
+                pixel_values, self.model.get_block_layout(prompt_ids).image_patch_mask, self.config, expand_size
             )
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
@@ -628,30 +715,27 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         return input_ids, model_kwargs
 
 
-def pipeline_only_token_ids(config: DreamLLMConfig) -> list[int]:
-    """The tokens only `DreamLLMPipeline` writes (block tokens, placeholders, padding): plain decoding never samples them."""
-    return [token_id for name, token_id in config.special_token_ids.items() if name != "dream_start_token_id"]
-
-
-def as_token_id_list(token_ids: int | list[int] | None) -> list[int]:
-    """A generation config's `eos_token_id` (an id, a list or `None`) as a list."""
-    if token_ids is None:
-        return []
-    return [token_ids] if isinstance(token_ids, int) else list(token_ids)
-
-
-def plain_generation_settings(config: DreamLLMConfig, generation_config: GenerationConfig) -> dict:
+def apply_dreamllm_generation_defaults(generation_config, config: DreamLLMConfig):
     """
-    The generation-config settings every transformers entry point decodes DreamLLM with: the pipeline-only tokens
-    suppressed, and `<dream_start>` (which only the pipeline can follow with an image) added to the end tokens.
+    Makes a generation config safe for plain `generate`: the tokens only the pipeline writes (image and dream block
+    tokens, placeholders, padding) are never sampled, and `<dream_start>` ends a sequence as EOS does.
     """
-    eos_token_ids = drawing_eos_token_ids(generation_config.eos_token_id, config) + [config.dream_start_token_id]
-    return {"suppress_tokens": pipeline_only_token_ids(config), "eos_token_id": eos_token_ids}
-
-
-def drawing_eos_token_ids(eos_token_id: int | list[int] | None, config: DreamLLMConfig) -> list[int]:
-    """The end tokens of a decoding loop that draws (`DreamLLMPipeline`): those given, without `<dream_start>`."""
-    return [token_id for token_id in as_token_id_list(eos_token_id) if token_id != config.dream_start_token_id]
+    pipeline_only = [
+        config.pad_token_id,
+        config.image_token_id,
+        config.image_patch_token_id,
+        config.image_start_token_id,
+        config.image_end_token_id,
+        config.dream_token_id,
+        config.dream_end_token_id,
+    ]
+    generation_config.suppress_tokens = sorted(set(generation_config.suppress_tokens or []) | set(pipeline_only))
+    eos_token_id = generation_config.eos_token_id
+    eos_token_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if config.dream_start_token_id not in eos_token_ids:
+        eos_token_ids.append(config.dream_start_token_id)
+    generation_config.eos_token_id = eos_token_ids
+    generation_config._from_model_config = False  # edited: transformers must not rebuild it from the model config
 
 
 def left_align(input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> tuple[torch.LongTensor, torch.Tensor]:
@@ -670,9 +754,7 @@ def repeat_images_per_row(
 
 
 __all__ = [
-    "drawing_eos_token_ids",
-    "pipeline_only_token_ids",
-    "plain_generation_settings",
+    "apply_dreamllm_generation_defaults",
     "DreamLLMCausalLMOutputWithPast",
     "DreamLLMForCausalLM",
     "DreamLLMModel",

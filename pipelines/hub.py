@@ -2,7 +2,7 @@
 
 from huggingface_hub import ModelCard, ModelCardData
 
-PIPELINE_TAG = "any-to-any"
+PIPELINE_TAG = "image-text-to-text"
 TAGS = ["dreamllm", "text-to-image", "image-text-to-text", "interleaved-generation", "multimodal"]
 
 USAGE = '''

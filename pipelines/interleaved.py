@@ -16,6 +16,7 @@ block drawn at the very end of a row are written to the document but never fed.
 from dataclasses import dataclass, field
 
 import torch
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from torch.nn.utils.rnn import pad_sequence
 
 
@@ -64,13 +65,17 @@ class DocumentRow:
 
 @dataclass
 class ForwardChunk:
-    """The inputs of one forward pass over the rows that need one (see the module docstring)."""
+    """
+    The inputs of one forward pass over the rows that need one (see the module docstring): every row of the batch,
+    or with `rows_only` just `fed_rows` (in that order), whose cache then grows while the others get holes.
+    """
 
     input_ids: torch.LongTensor
     attention_mask: torch.LongTensor
     position_ids: torch.LongTensor
     pixel_values: torch.FloatTensor | None
     fed_rows: list[int]
+    rows_only: bool = False
 
 
 class DocumentBatch:
@@ -113,8 +118,18 @@ class DocumentBatch:
         return any(row.needs_forward for row in self.rows)
 
     def next_chunk(self) -> ForwardChunk:
-        """Builds the next forward pass and marks its ids as fed; the cache mask grows by the chunk length."""
+        """
+        Builds the next forward pass and marks its ids as fed; the cache mask grows by the chunk length.
+
+        When some fed rows have a block pending (more than one id) and others a single token, the block rows go
+        first, in a pass over only their rows (`ForwardChunk.rows_only`), so that no row is padded to another row's
+        block; the single-token rows follow in the next pass. Passes of one id per row span the whole batch.
+        """
         fed_rows = [index for index, row in enumerate(self.rows) if row.needs_forward]
+        block_rows = [index for index in fed_rows if len(self.rows[index].pending_ids) > 1]
+        rows_only = bool(block_rows) and len(block_rows) < len(self)
+        if block_rows:
+            fed_rows = block_rows
         length = max(len(self.rows[index].pending_ids) for index in fed_rows)
         input_ids = torch.full((len(self), length), self.pad_token_id, dtype=torch.long)
         chunk_mask = torch.zeros((len(self), length), dtype=torch.long)
@@ -129,12 +144,17 @@ class DocumentBatch:
             row.num_fed = len(row.ids)
         self.cache_mask = torch.cat([self.cache_mask, chunk_mask.to(self.device)], dim=1)
         position_ids = (self.cache_mask.cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        attention_mask, input_ids = self.cache_mask, input_ids.to(self.device)
+        if rows_only:
+            selected = torch.tensor(fed_rows, device=self.device)
+            input_ids, attention_mask, position_ids = input_ids[selected], attention_mask[selected], position_ids[selected]
         return ForwardChunk(
-            input_ids=input_ids.to(self.device),
-            attention_mask=self.cache_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             position_ids=position_ids,
             pixel_values=torch.cat(pixel_values) if pixel_values else None,
             fed_rows=fed_rows,
+            rows_only=rows_only,
         )
 
     def sequences(self) -> torch.LongTensor:
@@ -144,4 +164,26 @@ class DocumentBatch:
         return sequences.to(self.device)
 
 
-__all__ = ["DocumentBatch", "DocumentRow", "ForwardChunk"]
+@dataclass
+class DocumentRun:
+    """
+    Everything the decoding loop needs, prepared from the call's arguments.
+
+    Args:
+        batch: The rows, their prompts encoded.
+        generation_config, logits_processor, stopping_criteria: The merged decoding settings.
+        max_images: The most images one document may hold.
+        generator: The source of all randomness (one, or one per row).
+        diffusion: The keyword arguments of `DreamLLMPipeline.draw_images` that stay the same for every image.
+    """
+
+    batch: DocumentBatch
+    generation_config: GenerationConfig
+    logits_processor: LogitsProcessorList
+    stopping_criteria: StoppingCriteriaList
+    max_images: int
+    generator: torch.Generator | list[torch.Generator] | None
+    diffusion: dict
+
+
+__all__ = ["DocumentBatch", "DocumentRow", "DocumentRun", "ForwardChunk"]

@@ -5,12 +5,22 @@ usual way, takes the UNet, VAE and scheduler from the same saved folder, and han
 so both return the same documents.
 """
 
+from dataclasses import dataclass
+
 from transformers import AutoModelForCausalLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .pipeline_dreamllm import DreamLLMPipeline, is_conversation
 
 TASK = "interleaved-generation"
+
+
+@dataclass
+class DocumentRequest:
+    """One input of the task: a prompt and its images. (An object, so that transformers' batching keeps it whole.)"""
+
+    prompt: str | list[dict]
+    images: object = None
 
 
 class InterleavedGenerationPipeline(Pipeline):
@@ -57,21 +67,44 @@ class InterleavedGenerationPipeline(Pipeline):
         Args:
             prompt: A string or a conversation (one document), or a list of either (one document each).
             images: The images of a single prompt, or for a list of prompts one entry per prompt.
-            **kwargs: Arguments of [`DreamLLMPipeline.__call__`] (`generator`, `max_new_tokens`, `do_sample`, ...).
+            **kwargs: Arguments of [`DreamLLMPipeline.__call__`] (`generator`, `max_new_tokens`, `do_sample`, ...),
+                and `batch_size`: how many prompts are written together in one [`DreamLLMPipeline`] call.
 
         Returns:
             A dict (`document`, `text`, `images`) per prompt: one dict, or a list for a list of prompts.
         """
         if isinstance(prompt, str) or is_conversation(prompt):
-            return super().__call__({"prompt": prompt, "images": images}, **kwargs)
+            return super().__call__(DocumentRequest(prompt, images), **kwargs)
+        if not isinstance(prompt, (list, tuple)) or not prompt:
+            raise ValueError("prompt must be a string, a conversation, or a non-empty list of either")
         images = [None] * len(prompt) if images is None else images
-        return super().__call__([{"prompt": p, "images": i} for p, i in zip(prompt, images, strict=True)], **kwargs)
+        if len(images) != len(prompt):
+            raise ValueError(f"images must hold one entry per prompt ({len(prompt)}), got {len(images)}")
+        return super().__call__([DocumentRequest(p, i) for p, i in zip(prompt, images)], **kwargs)
 
-    def preprocess(self, inputs: dict, use_chat_template: bool = True) -> dict:
-        return {**inputs, "use_chat_template": use_chat_template}
+    def preprocess(self, request: DocumentRequest, use_chat_template: bool = True) -> dict:
+        return {"request": request, "use_chat_template": use_chat_template}
 
     def _forward(self, model_inputs: dict, **forward_parameters) -> dict:
-        documents, text, images = self.dreamllm_pipeline(**model_inputs, **forward_parameters, return_dict=False)
+        """
+        Writes the documents of one request, or of a batch of them (transformers' `batch_size`) in one call. A batch
+        gives lists, one entry per request, which transformers splits back into one result per input.
+        """
+        requests, use_chat_template = model_inputs["request"], model_inputs["use_chat_template"]
+        batched = isinstance(requests, list)
+        if batched:
+            use_chat_template = use_chat_template[0]
+        else:
+            requests = [requests]
+        documents, text, images = self.dreamllm_pipeline(
+            [request.prompt for request in requests],
+            images=[request.images for request in requests],
+            use_chat_template=use_chat_template,
+            **forward_parameters,
+            return_dict=False,
+        )
+        if batched:
+            return {"document": documents, "text": text, "images": images}
         return {"document": documents[0], "text": text[0], "images": images[0]}
 
     def postprocess(self, model_outputs: dict) -> dict:

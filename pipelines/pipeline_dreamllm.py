@@ -3,10 +3,11 @@
 import importlib.resources
 import inspect
 import json
+import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,22 +23,40 @@ from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import HfApi, snapshot_download
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.generation.streamers import BaseStreamer
 from transformers.image_utils import load_image
 
 import diffusers
 from dreamllm.file_utils import atomic_directory
-from dreamllm.modeling_dreamllm import DreamLLMForCausalLM, drawing_eos_token_ids
+from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
+from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.processing import DreamLLMProcessor
 
 from .hub import pipeline_model_card
-from .interleaved import DocumentBatch, DocumentRow
+from .interleaved import DocumentBatch, DocumentRow, DocumentRun, ForwardChunk
+from .lora import DreamLLMLoraLoaderMixin
+from .streaming import (
+    DocumentDone,
+    ImageDone,
+    ImagePreview,
+    ImageStarted,
+    SegmentDecoder,
+    StreamerFeed,
+    StreamEvent,
+    TextDelta,
+)
+from .loading import COMPONENTS, WEIGHTED_COMPONENTS, LoadingOptions, check_saved_files, components_with_variant
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
-"""The toy-world DreamLLM shipped inside the package, used when no model is named (see `python -m dreamllm.training.build_toy_model`)."""
+"""The toy-world DreamLLM shipped inside the package, used when no model is named (see `python -m dreamllm.toy_world.build_toy_model`)."""
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MAX_NEW_TOKENS = 256
+MAX_IMAGE_SIZE = 4096
+"""The largest `height` / `width` the pipeline draws (8x DreamLLM's 512, 4x the 1024 of SDXL-class UNets)."""
+SCHEDULER_INTERFACE = ("set_timesteps", "init_noise_sigma", "scale_model_input", "step")
+UNET_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def default_scheduler() -> DDPMScheduler:
@@ -73,7 +92,24 @@ class DreamLLMPipelineOutput(BaseOutput):
     images: list[list[PIL.Image.Image]] | list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
 
 
-class DreamLLMPipeline(DiffusionPipeline):
+@dataclass(frozen=True)
+class DenoisingStep:
+    """
+    The state after one denoising step.
+
+    Args:
+        number (`int`): The step, counted from 1.
+        latents (`torch.Tensor`): The latents after the step.
+        estimate (`torch.Tensor`): The scheduler's estimate of the clean latents (`pred_original_sample`), or the
+            latents for schedulers that give none.
+    """
+
+    number: int
+    latents: torch.Tensor
+    estimate: torch.Tensor
+
+
+class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
     r"""
     DreamLLM as a diffusers pipeline: the language model writes text and decides where images go; each image it
     starts is drawn by a Stable Diffusion UNet conditioned on the model's dream-query states.
@@ -120,21 +156,38 @@ class DreamLLMPipeline(DiffusionPipeline):
         self.register_modules(model=model, processor=processor, unet=unet, vae=vae, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.reset_call_state(guidance_scale=1.0)
+
+    def __setattr__(self, name, value):
+        if name == "scheduler":
+            check_scheduler(value)
+        super().__setattr__(name, value)
+
+    def reset_call_state(self, guidance_scale: float):
+        """The state the properties report, set at the start of every call: no timesteps run yet, not interrupted."""
+        self._guidance_scale = guidance_scale
+        self._num_timesteps = 0
+        self._interrupt = False
+        self._negative_prompt_embeds = None
 
     @property
     def guidance_scale(self) -> float:
+        """The guidance scale of the latest call (1.0 before any)."""
         return self._guidance_scale
 
     @property
     def do_classifier_free_guidance(self) -> bool:
+        """Whether the latest call guides its images (`guidance_scale > 1`)."""
         return self._guidance_scale > 1
 
     @property
     def num_timesteps(self) -> int:
+        """Denoising steps of the latest image drawn in the latest call (0 when it drew none)."""
         return self._num_timesteps
 
     @property
     def interrupt(self) -> bool:
+        """Whether a callback interrupted the latest call."""
         return self._interrupt
 
     @property
@@ -164,16 +217,22 @@ class DreamLLMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         batch_size: int,
     ):
-        """Raises a `ValueError` naming the argument when a diffusion setting cannot be used."""
+        """
+        Raises a `ValueError` naming the argument when a diffusion setting cannot be used, and a `TypeError` when the
+        scheduler (set by any means) cannot drive the UNet.
+        """
+        check_scheduler(self.scheduler)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         for name, size in (("height", height), ("width", width)):
-            if not isinstance(size, int) or size < 1 or size % self.vae_scale_factor:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size % self.vae_scale_factor:
                 raise ValueError(
                     f"{name} must be a positive multiple of the VAE scale factor {self.vae_scale_factor}, got {size!r}"
                 )
+            if size > MAX_IMAGE_SIZE:
+                raise ValueError(f"{name} must be at most {MAX_IMAGE_SIZE} pixels, got {size}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         unknown_inputs = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
@@ -226,9 +285,15 @@ class DreamLLMPipeline(DiffusionPipeline):
             `(prompt_embeds, negative_prompt_embeds)`, each `(batch * num_images_per_prompt, num_dream_queries,
             condition_dim)` in the UNet's dtype; `negative_prompt_embeds` is `None` without guidance.
         """
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None:
+                self.check_condition(name, embeds)
         if prompt_embeds is None:
             prompt_embeds = self.dream_conditions_of_texts(prompt, device)
         batch_size = prompt_embeds.shape[0]
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] not in (1, batch_size):
+            raise ValueError(f"negative_prompt_embeds holds {negative_prompt_embeds.shape[0]} conditions for "
+                             f"{batch_size} prompts")
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, batch_size, device)
         unet_dtype = self.unet.dtype
@@ -239,6 +304,17 @@ class DreamLLMPipeline(DiffusionPipeline):
             negative_prompt_embeds = None
         prompt_embeds = prompt_embeds.to(device, unet_dtype).repeat_interleave(num_images_per_prompt, 0)
         return prompt_embeds, negative_prompt_embeds
+
+    def check_condition(self, name: str, embeds: torch.Tensor):
+        """Raises a `ValueError` unless ready-made conditions are finite, `(batch, num_dream_queries, condition_dim)`."""
+        config = self.model.config
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or tuple(embeds.shape[1:]) != (
+            config.num_dream_queries, config.condition_dim
+        ):
+            shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise ValueError(f"{name} must have shape (batch, {config.num_dream_queries}, {config.condition_dim}), "
+                             f"got {shape}")
+        check_finite(name, embeds)
 
     def encode_negative_prompt(
         self, negative_prompt: str | list[str] | None, batch_size: int, device: torch.device
@@ -277,6 +353,8 @@ class DreamLLMPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif latents.shape != shape:
             raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        else:
+            check_finite("latents", latents)
         return latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
     def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
@@ -299,6 +377,24 @@ class DreamLLMPipeline(DiffusionPipeline):
         step. `callback_on_step_end` runs after every step and may replace the tensors it is given; once it sets
         `pipe._interrupt`, the remaining steps are skipped.
         """
+        for step in self.denoising_steps(
+            latents, prompt_embeds, negative_prompt_embeds, num_inference_steps, generator,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        ):
+            latents = step.latents
+        return latents
+
+    def denoising_steps(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> Iterator[DenoisingStep]:
+        """[`~DreamLLMPipeline.denoise`], one [`DenoisingStep`] at a time (none for the steps an interrupt skips)."""
         self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -316,7 +412,8 @@ class DreamLLMPipeline(DiffusionPipeline):
                 if self.do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_cond - noise_pred_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                scheduler_output = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs)
+                latents = scheduler_output.prev_sample
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {}
@@ -327,7 +424,8 @@ class DreamLLMPipeline(DiffusionPipeline):
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                     negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
                 progress_bar.update()
-        return latents
+                estimate = getattr(scheduler_output, "pred_original_sample", None)
+                yield DenoisingStep(i + 1, latents, latents if estimate is None else estimate)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE-decodes latents (divided by the VAE's scaling factor) to images in [-1, 1], `(batch, 3, H, W)`."""
@@ -411,17 +509,21 @@ class DreamLLMPipeline(DiffusionPipeline):
         )
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("Pass exactly one of prompt or prompt_embeds")
+        if prompt is not None and not (isinstance(prompt, str) or (
+            isinstance(prompt, (list, tuple)) and prompt and all(isinstance(text, str) for text in prompt)
+        )):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
         default_height, default_width = self.default_image_size
-        height, width = height or default_height, width or default_width
+        height = default_height if height is None else height
+        width = default_width if width is None else width
         batch_size = prompt_embeds.shape[0] if prompt is None else 1 if isinstance(prompt, str) else len(prompt)
         self.check_inputs(
             num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
             generator, batch_size * num_images_per_prompt,
         )
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
+        self.reset_call_state(guidance_scale)
         device = self._execution_device
 
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -465,6 +567,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        streamer: BaseStreamer | None = None,
         **generate_kwargs,
     ) -> DreamLLMPipelineOutput | tuple:
         r"""
@@ -511,6 +614,11 @@ class DreamLLMPipeline(DiffusionPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs:
                 As for [`~DreamLLMPipeline.text_to_image`], at every denoising step of every image. Interrupting ends
                 the images being drawn and every document.
+            streamer (`BaseStreamer`, *optional*):
+                A transformers streamer (`TextStreamer`, `TextIteratorStreamer`, ...) for a single prompt: it gets the
+                prompt ids, then every sampled token as it is written, and `<image>` for each drawn image; its `end()`
+                is called however the call ends (also on an error or an interrupt). See
+                [`~DreamLLMPipeline.stream`] for typed events, images and batches.
 
         Returns:
             [`DreamLLMPipelineOutput`]: `documents` (text segments and images in reading order), `text` (with
@@ -519,11 +627,93 @@ class DreamLLMPipeline(DiffusionPipeline):
         Raises:
             `ValueError`: on a bad setting, a prompt longer than the context, or a wrong number of images.
         """
+        try:
+            run = self.prepare_documents(
+                prompt, images, negative_prompt, use_chat_template, max_images, num_inference_steps, guidance_scale,
+                height, width, generator, generation_config, logits_processor, stopping_criteria, output_type,
+                callback_on_step_end, callback_on_step_end_tensor_inputs, **generate_kwargs,
+            )
+            feed = None if streamer is None else self.streamer_feed(streamer, run.batch)
+            for event in self.document_events(run, feed=feed):
+                pass
+        finally:
+            if streamer is not None:
+                streamer.end()
+        output = event.output
+        if not return_dict:
+            return output.documents, output.text, output.images
+        return output
+
+    def stream(self, prompt, images=None, preview_every: int | None = None, **kwargs) -> Iterator[StreamEvent]:
+        r"""
+        Writes documents like [`~DreamLLMPipeline.__call__`] and yields what happens as it happens.
+
+        Events (see `dreamllm.pipelines.streaming`): [`TextDelta`] (new text of a row; the deltas between two images
+        concatenate to that text segment of the document, multi-byte characters are never split), [`ImageStarted`]
+        (a row began an image), [`ImagePreview`] (every `preview_every` denoising steps, when asked), [`ImageDone`]
+        (the finished image) and, last, [`DocumentDone`] with the [`DreamLLMPipelineOutput`] the blocking call returns
+        for the same arguments and seed. Rows of a batch interleave; every event but the last names its row.
+
+        Breaking out of the loop, or closing the generator, stops the work and frees the key/value cache.
+
+        Args:
+            prompt, images, **kwargs: As for [`~DreamLLMPipeline.__call__`] (but `return_dict` and `streamer`).
+            preview_every (`int`, *optional*): Preview each image being drawn every this many steps (off when `None`).
+                A preview is the VAE decoding of the scheduler's current estimate of the clean latents (or of the
+                latents, for schedulers without one), as a PIL image.
+
+        Raises:
+            `ValueError`: at once, on the settings [`~DreamLLMPipeline.__call__`] rejects or a bad `preview_every`.
+
+        Example:
+
+        ```python
+        >>> from dreamllm.pipelines.streaming import ImageDone, TextDelta
+        >>> for event in pipe.stream("Draw a red circle.", generator=torch.Generator().manual_seed(0)):
+        ...     if isinstance(event, TextDelta):
+        ...         print(event.text, end="", flush=True)
+        ...     elif isinstance(event, ImageDone):
+        ...         event.image.save(f"image_{event.index}.png")
+        ```
+        """
+        for name in ("return_dict", "streamer"):
+            if name in kwargs:
+                raise ValueError(f"stream() does not take {name}; it yields events instead")
+        if preview_every is not None and (
+            isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1
+        ):
+            raise ValueError(f"preview_every must be a whole number >= 1 or None, got {preview_every!r}")
+        run = self.prepare_documents(prompt, images, **kwargs)
+        return self.document_events(run, preview_every=preview_every)
+
+    @torch.no_grad()
+    def prepare_documents(
+        self,
+        prompt,
+        images=None,
+        negative_prompt: str | None = None,
+        use_chat_template: bool = True,
+        max_images: int = 4,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        **generate_kwargs,
+    ) -> DocumentRun:
+        """Checks the arguments of [`~DreamLLMPipeline.__call__`] and encodes the prompts: everything before decoding."""
         callback_on_step_end_tensor_inputs = self.resolve_callback_inputs(
             callback_on_step_end, callback_on_step_end_tensor_inputs
         )
         default_height, default_width = self.default_image_size
-        height, width = height or default_height, width or default_width
+        height = default_height if height is None else height
+        width = default_width if width is None else width
         texts, prompt_images = self.prepare_document_prompts(prompt, images, use_chat_template)
         self.check_inputs(
             num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
@@ -531,17 +721,13 @@ class DreamLLMPipeline(DiffusionPipeline):
         )
         if not isinstance(max_images, int) or max_images < 0:
             raise ValueError(f"max_images must be a whole number >= 0, got {max_images!r}")
-        self._guidance_scale = guidance_scale
-        self._interrupt = False
+        self.reset_call_state(guidance_scale)
         device = self._execution_device
 
         inputs = self.encode_document_prompts(texts, prompt_images, device)
         generation_config, logits_processor, stopping_criteria = self.prepare_decoding(
             generation_config, logits_processor, stopping_criteria, inputs.input_ids.shape[1], device, generate_kwargs
         )
-        negative_prompt_embeds = None
-        if self.do_classifier_free_guidance:
-            negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, 1, device).to(self.unet.dtype)
         batch = DocumentBatch(
             inputs.input_ids,
             inputs.attention_mask,
@@ -550,7 +736,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             self.model.config.pad_token_id,
         )
         diffusion = {
-            "negative_prompt_embeds": negative_prompt_embeds,
+            "negative_prompt": negative_prompt,
             "num_inference_steps": num_inference_steps,
             "height": height,
             "width": width,
@@ -558,18 +744,23 @@ class DreamLLMPipeline(DiffusionPipeline):
             "callback_on_step_end": callback_on_step_end,
             "callback_on_step_end_tensor_inputs": callback_on_step_end_tensor_inputs,
         }
-        self.write_documents(
-            batch, generation_config, logits_processor, stopping_criteria, max_images, generator, diffusion
-        )
+        return DocumentRun(batch, generation_config, logits_processor, stopping_criteria, max_images, generator, diffusion)
 
+    def streamer_feed(self, streamer: BaseStreamer, batch: DocumentBatch) -> StreamerFeed:
+        """A feed of `streamer` (one prompt only, as for `model.generate`), which gets the prompt ids at once."""
+        if len(batch) != 1:
+            raise ValueError(f"streamer works with one prompt, got {len(batch)}; use pipe.stream(...) for a batch")
+        config = self.model.config
+        feed = StreamerFeed(streamer, config.image_token_id, config.dream_start_token_id)
+        feed.prompt(batch.rows[0].ids[None])
+        return feed
+
+    def document_output(self, batch: DocumentBatch) -> DreamLLMPipelineOutput:
+        """The documents, texts (with `<image>` where images stand) and images of finished rows."""
         documents = [self.processor.decode_document(row.new_ids, row.images) for row in batch.rows]
         text = [" ".join(self.processor.image_token if not isinstance(part, str) else part for part in document)
                 for document in documents]
-        images = [row.images for row in batch.rows]
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return documents, text, images
-        return DreamLLMPipelineOutput(documents=documents, text=text, images=images)
+        return DreamLLMPipelineOutput(documents=documents, text=text, images=[row.images for row in batch.rows])
 
     def prepare_document_prompts(
         self, prompt, images, use_chat_template: bool
@@ -632,7 +823,9 @@ class DreamLLMPipeline(DiffusionPipeline):
         if images is not None:
             raise ValueError("Put the images of a conversation into its messages ({'type': 'image', 'image': ...})")
         read = []
-        for message in conversation:
+        for index, message in enumerate(conversation):
+            if not isinstance(message.get("content"), (str, list)):
+                raise ValueError(f"Message {index} of the conversation has no content (a string or a list of items)")
             if message["role"] != "user" or isinstance(message["content"], str):
                 continue
             for item in message["content"]:
@@ -677,7 +870,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         if config.max_new_tokens is None:
             config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         config.max_length = None
-        config.eos_token_id = drawing_eos_token_ids(config.eos_token_id, self.model.config)  # this loop draws
+        config.eos_token_id = self.eos_token_ids_without_dream_start(config.eos_token_id)
         self.model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=device)
         logits_processor = self.model._get_logits_processor(
             config, input_ids_seq_length=prompt_length, logits_processor=logits_processor or LogitsProcessorList(),
@@ -688,46 +881,105 @@ class DreamLLMPipeline(DiffusionPipeline):
         )
         return config, logits_processor, stopping_criteria
 
-    def write_documents(
-        self,
-        batch: DocumentBatch,
-        generation_config: GenerationConfig,
-        logits_processor: LogitsProcessorList,
-        stopping_criteria: StoppingCriteriaList,
-        max_images: int,
-        generator: torch.Generator | list[torch.Generator] | None,
-        diffusion: dict,
-    ):
+    def eos_token_ids_without_dream_start(self, eos_token_id: int | list[int] | None) -> list[int]:
+        """The end-of-sequence ids for the pipeline's own decoding, which draws at `<dream_start>` instead of stopping
+        there as plain `generate` does (see `apply_dreamllm_generation_defaults`)."""
+        eos_token_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+        return [token_id for token_id in eos_token_ids if token_id != self.model.config.dream_start_token_id]
+
+    @torch.no_grad()
+    def document_events(
+        self, run: DocumentRun, preview_every: int | None = None, feed: StreamerFeed | None = None
+    ) -> Iterator[StreamEvent]:
         """
-        The decoding loop. Each pass feeds every row's pending ids on the shared cache; then rows whose pass ended a
-        dream block get their image drawn (and its image block queued), and the other fed rows sample a token.
+        The decoding loop, yielding [`~DreamLLMPipeline.stream`]'s events. Each pass feeds every row's pending ids on
+        the shared cache; then rows whose pass ended a dream block get their image drawn (and its image block queued),
+        and the other fed rows sample a token. Closing the generator drops the cache.
         """
+        batch = run.batch
+        decoders = [SegmentDecoder(self.processor.tokenizer) for _ in batch.rows]
         cache = DynamicCache(config=self.model.config)
-        with self.progress_bar(total=generation_config.max_new_tokens) as progress_bar:
-            while batch.needs_forward:
-                chunk = batch.next_chunk()
-                outputs = self.model(
-                    input_ids=chunk.input_ids,
-                    attention_mask=chunk.attention_mask,
-                    position_ids=chunk.position_ids,
-                    pixel_values=chunk.pixel_values,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                drawing_rows = [index for index in chunk.fed_rows if batch.rows[index].drawing]
-                writing_rows = [index for index in chunk.fed_rows if not batch.rows[index].drawing]
-                if writing_rows:
-                    self.write_next_tokens(
-                        batch, outputs.logits[:, -1], writing_rows, generation_config, logits_processor,
-                        stopping_criteria, max_images, generator,
-                    )
-                if drawing_rows:
-                    self.draw_images(batch, drawing_rows, outputs.dream_conditions, generator, **diffusion)
-                if self.interrupt:
-                    for row in batch.rows:
-                        row.finished = True
-                progress_bar.update(max(row.num_new_tokens for row in batch.rows) - progress_bar.n)
+        try:
+            with self.progress_bar(total=run.generation_config.max_new_tokens) as progress_bar:
+                while batch.needs_forward:
+                    chunk = batch.next_chunk()
+                    outputs = self.forward_chunk(chunk, cache, len(batch))
+                    drawing_rows = [index for index in chunk.fed_rows if batch.rows[index].drawing]
+                    writing_rows = [index for index in chunk.fed_rows if not batch.rows[index].drawing]
+                    if writing_rows:
+                        tokens = self.write_next_tokens(
+                            batch, outputs.logits[:, -1], writing_rows, run.generation_config, run.logits_processor,
+                            run.stopping_criteria, run.max_images, run.generator,
+                        )
+                        for index, token in tokens.items():
+                            yield from self.token_events(batch.rows[index], index, token, decoders[index], feed)
+                    if drawing_rows:
+                        for event in self.draw_images(
+                            batch, drawing_rows, outputs.dream_conditions, run.generator, preview_every, **run.diffusion
+                        ):
+                            if feed is not None and isinstance(event, ImageDone):
+                                feed.image()
+                            yield event
+                    if self.interrupt:
+                        for row in batch.rows:
+                            row.finished = True
+                    progress_bar.update(max(row.num_new_tokens for row in batch.rows) - progress_bar.n)
+            del cache
+            for index, decoder in enumerate(decoders):
+                rest = decoder.finish()
+                if rest:
+                    yield TextDelta(index, rest)
+            yield DocumentDone(self.document_output(batch))
+        finally:
+            self.maybe_free_model_hooks()
+
+    def forward_chunk(self, chunk: ForwardChunk, cache: DynamicCache, batch_size: int):
+        """
+        The language model on a chunk. A `rows_only` chunk runs on a cache of its rows alone; their new keys and
+        values are written back and every other row gets holes, so the shared cache stays one rectangle. Logits come
+        back for every row of the batch (zeros for the rows not fed).
+        """
+        inputs = {
+            "input_ids": chunk.input_ids, "attention_mask": chunk.attention_mask, "position_ids": chunk.position_ids,
+            "pixel_values": chunk.pixel_values, "use_cache": True, "logits_to_keep": 1,
+        }
+        if not chunk.rows_only:
+            return self.model(**inputs, **{CACHE_ARGUMENT: cache})
+        rows = torch.tensor(chunk.fed_rows, device=chunk.input_ids.device)
+        rows_cache = DynamicCache(config=self.model.config)
+        for layer_index, layer in enumerate(cache.layers):
+            if layer.is_initialized:
+                rows_cache.update(layer.keys[rows], layer.values[rows], layer_index)
+        outputs = self.model(**inputs, **{CACHE_ARGUMENT: rows_cache})
+        length = chunk.input_ids.shape[1]
+        for layer, rows_layer in zip(cache.layers, rows_cache.layers):
+            for name in ("keys", "values"):
+                new = getattr(rows_layer, name)[..., -length:, :]
+                holes = new.new_zeros((batch_size, *new.shape[1:]))
+                holes[rows] = new
+                setattr(layer, name, torch.cat([getattr(layer, name), holes], dim=-2) if layer.is_initialized else holes)
+            if not layer.is_initialized:
+                layer.dtype, layer.device, layer.is_initialized = rows_layer.dtype, rows_layer.device, True
+        logits = outputs.logits.new_zeros((batch_size, *outputs.logits.shape[1:]))
+        logits[rows] = outputs.logits
+        outputs.logits = logits
+        return outputs
+
+    def token_events(
+        self, row: DocumentRow, index: int, token: int, decoder: SegmentDecoder, feed: StreamerFeed | None
+    ) -> Iterator[StreamEvent]:
+        """The events of a sampled token: new text, or (for `<dream_start>`) the end of the segment and a new image."""
+        if feed is not None:
+            feed.token(token)
+        if token == self.model.config.dream_start_token_id:
+            rest = decoder.finish()
+            if rest:
+                yield TextDelta(index, rest)
+            yield ImageStarted(index, len(row.images))
+            return
+        delta = decoder.add(token)
+        if delta:
+            yield TextDelta(index, delta)
 
     def write_next_tokens(
         self,
@@ -739,8 +991,13 @@ class DreamLLMPipeline(DiffusionPipeline):
         stopping_criteria: StoppingCriteriaList,
         max_images: int,
         generator: torch.Generator | list[torch.Generator] | None,
-    ):
-        """Samples (or picks) the next token of `rows`, queues a dream block after `<dream_start>`, and ends rows."""
+    ) -> dict[int, int]:
+        """
+        Samples (or picks) the next token of `rows`, queues a dream block after `<dream_start>`, and ends rows.
+
+        Returns:
+            The token each row of `rows` got, by row.
+        """
         sequences = batch.sequences()
         scores = logits_processor(sequences, self.mask_inserted_tokens(logits.float(), batch, max_images))
         next_tokens = select_tokens(scores[rows], generation_config.do_sample, generator, rows)
@@ -757,6 +1014,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             out_of_room = len(row.ids) >= self.context_length
             if stopped[index] or out_of_room or row.num_new_tokens >= generation_config.max_new_tokens:
                 row.finished = True
+        return dict(zip(rows, next_tokens))
 
     def mask_inserted_tokens(self, scores: torch.Tensor, batch: DocumentBatch, max_images: int) -> torch.Tensor:
         """
@@ -782,30 +1040,52 @@ class DreamLLMPipeline(DiffusionPipeline):
         rows: list[int],
         conditions: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None,
-        negative_prompt_embeds: torch.Tensor | None,
+        preview_every: int | None,
+        negative_prompt: str | None,
         num_inference_steps: int,
         height: int,
         width: int,
         output_type: str,
         callback_on_step_end,
         callback_on_step_end_tensor_inputs: list[str],
-    ):
-        """Draws the images of the dream blocks that `rows` just ended, writes them and queues their image blocks."""
+    ) -> Iterator[ImagePreview | ImageDone]:
+        """
+        Draws the images of the dream blocks that `rows` just ended, writes them and queues their image blocks,
+        yielding previews every `preview_every` steps (when set) and each finished image.
+        """
         if isinstance(generator, list):
             generator = [generator[index] for index in rows]
         prompt_embeds = conditions.to(self.unet.dtype)
-        if negative_prompt_embeds is not None:
+        negative_prompt_embeds = None
+        if self.do_classifier_free_guidance:
+            negative_prompt_embeds = self.unconditional_condition(negative_prompt, prompt_embeds.device)
             negative_prompt_embeds = negative_prompt_embeds.expand(len(rows), -1, -1)
         latents = self.prepare_latents(len(rows), height, width, prompt_embeds.dtype, prompt_embeds.device, generator)
-        latents = self.denoise(
+        numbers = [len(batch.rows[index].images) for index in rows]
+        for step in self.denoising_steps(
             latents, prompt_embeds, negative_prompt_embeds, num_inference_steps, generator,
             callback_on_step_end, callback_on_step_end_tensor_inputs,
-        )
+        ):
+            latents = step.latents
+            if preview_every and step.number % preview_every == 0 and step.number < self.num_timesteps:
+                previews = self.vae_image_processor.postprocess(self.decode_latents(step.estimate), output_type="pil")
+                for index, number, preview in zip(rows, numbers, previews):
+                    yield ImagePreview(index, number, step.number, preview)
         decoded = self.decode_latents(latents)
         pictures = self.vae_image_processor.postprocess(decoded, output_type="pil")
         outputs = latents if output_type == "latent" else self.vae_image_processor.postprocess(decoded, output_type)
-        for index, picture, output in zip(rows, pictures, outputs):
+        for index, number, picture, output in zip(rows, numbers, pictures, outputs):
             self.add_drawn_image(batch.rows[index], picture, output)
+            yield ImageDone(index, number, output)
+
+    def unconditional_condition(self, negative_prompt: str | None, device: torch.device) -> torch.Tensor:
+        """
+        The unconditional condition of the images of one `__call__`: computed on its first draw (never for a
+        document without images) and reused by every other image of the call.
+        """
+        if self._negative_prompt_embeds is None:
+            self._negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, 1, device).to(self.unet.dtype)
+        return self._negative_prompt_embeds
 
     def add_drawn_image(self, row: DocumentRow, picture: PIL.Image.Image, output):
         """Writes a drawn image into a row: the document gets `output`; the model will read `picture` in an image block."""
@@ -825,23 +1105,38 @@ class DreamLLMPipeline(DiffusionPipeline):
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
         max_shard_size: int | str | None = None,
         push_to_hub: bool = False,
-        **kwargs,
     ):
         """
         Writes the one-folder layout atomically: the model and processor at the top, `unet/`, `vae/`, `scheduler/`
-        and `model_index.json` beside them. Weights are safetensors. An existing saved model in `save_directory` is
-        replaced only once the new one is complete.
+        and `model_index.json` beside them. An existing saved model in `save_directory` is replaced only once the new
+        one is complete.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): The folder to write.
+            safe_serialization (`bool`, defaults to `True`): Weights are safetensors; `False` is refused.
+            variant (`str`, *optional*): Names the weight files `*.{variant}.safetensors` (e.g. `"fp16"`), loaded with
+                `from_pretrained(..., variant=...)`.
+            max_shard_size (`int` or `str`, *optional*): Splits each component's weights into files of at most this
+                size (`"200MB"`), with an index file.
+            push_to_hub: Refused; use [`~DreamLLMPipeline.push_to_hub`].
         """
         if push_to_hub:
             raise ValueError("Use DreamLLMPipeline.push_to_hub(repo_id) to upload a pipeline")
-        shard_kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        if not safe_serialization:
+            raise ValueError("safe_serialization=False: DreamLLM pipelines are saved as safetensors only")
+        LoadingOptions(variant=variant).check()
+        weights_kwargs = {"variant": variant}
+        if max_shard_size is not None:
+            weights_kwargs["max_shard_size"] = max_shard_size
         with atomic_directory(save_directory) as staging:
-            self.model.save_pretrained(staging, **shard_kwargs)
+            self.model.save_pretrained(staging, **weights_kwargs)
             self.processor.save_pretrained(staging)
             for name in DIFFUSION_COMPONENTS:
-                getattr(self, name).save_pretrained(staging / name, **shard_kwargs)
+                getattr(self, name).save_pretrained(staging / name, **weights_kwargs)
             self.scheduler.save_pretrained(staging / "scheduler")
             self.save_config(staging)
 
@@ -878,37 +1173,68 @@ class DreamLLMPipeline(DiffusionPipeline):
         cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs
     ) -> "DreamLLMPipeline":
         """
-        Loads a pipeline saved by [`~DreamLLMPipeline.save_pretrained`] from a local folder or a Hub repo id.
+        Loads a pipeline saved by [`~DreamLLMPipeline.save_pretrained`] from a local folder or a Hub repo id, with the
+        loading options of `DiffusionPipeline.from_pretrained`.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`, *optional*): A folder or a Hub repo id; by default
                 the toy-world model shipped with the package (`TOY_MODEL_PATH`), which draws and reads 64x64 pictures
                 of coloured shapes.
-            dtype (`torch.dtype`, *optional*): Loads every component in this dtype (`torch_dtype` also works).
+            dtype (`torch.dtype` or `dict[str, torch.dtype]`, *optional*): One dtype for every component, or one per
+                component (`{"model": torch.bfloat16, "default": torch.float32}`; components not named take
+                `"default"`, else float32). Without it every component loads in the dtype it was saved in.
+                `torch_dtype` also works.
+            variant (`str`, *optional*): Loads the `*.{variant}.safetensors` weights (e.g. `"fp16"`) of the components
+                that have them; raises `ValueError` when none has.
+            device_map (`str`, *optional*): `"balanced"` (whole components spread over the accelerators by size), an
+                accelerator (`"cuda"`) or `"cpu"`. `max_memory` bounds each device for `"balanced"`.
+            low_cpu_mem_usage (`bool`, defaults to `True`): As for diffusers models (the language model always loads
+                without a second copy of its weights in transformers 5).
+            quantization_config (*optional*): A diffusers `PipelineQuantizationConfig` (components by name: `model`,
+                `unet`, `vae`), or a transformers quantization config (`QuantoConfig`, `TorchAoConfig`,
+                `BitsAndBytesConfig`, ...) for the language model.
             model, processor, unet, vae, scheduler (*optional*): Ready components that replace the saved ones.
             attn_implementation (`str`, *optional*): Attention of the language model and vision tower.
-            revision, token, cache_dir, local_files_only (*optional*): As for `huggingface_hub.snapshot_download`.
+            revision, token, cache_dir, local_files_only, force_download (*optional*): Hub download options.
 
         Raises:
-            `FileNotFoundError` / `ValueError`: naming the missing file or the component of the wrong kind.
+            `TypeError`: naming an argument it does not support. `FileNotFoundError` / `ValueError`: naming the
+            missing file or folder, the missing variant, or the component of the wrong kind.
         """
-        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        attn_implementation = kwargs.pop("attn_implementation", None)
-        components = {name: kwargs.pop(name) for name in ("model", "processor", "unet", "vae", "scheduler") if name in kwargs}
-        folder = resolve_pretrained_folder(pretrained_model_name_or_path or TOY_MODEL_PATH, **kwargs)
+        options = LoadingOptions.pop_from(kwargs)
+        components = {name: kwargs.pop(name) for name in COMPONENTS if name in kwargs}
+        folder = resolve_pretrained_folder(pretrained_model_name_or_path or TOY_MODEL_PATH, **options.download)
         model_index = read_model_index(folder)
+        weights_folders = {
+            name: folder if name == "model" else folder / name
+            for name in WEIGHTED_COMPONENTS if name not in components
+        }
+        classes = {name: component_class(model_index, name) for name in (*DIFFUSION_COMPONENTS, "scheduler")
+                   if name not in components}
+        for name in classes:
+            check_component_folder(folder, name)
+        top_level = [folder] if {"model", "processor"} - set(components) else []
+        check_saved_files(top_level + [folder / name for name in classes], weights_folders, options.variant)
+        variants = components_with_variant(weights_folders, options.variant)
+        devices = options.component_devices(weights_folders)
         if "model" not in components:
-            model_kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-            components["model"] = DreamLLMForCausalLM.from_pretrained(folder, dtype=dtype, **model_kwargs)
+            components["model"] = DreamLLMForCausalLM.from_pretrained(
+                folder, **options.component_kwargs("model", folder, variants, devices.get("model"))
+            )
         if "processor" not in components:
             components["processor"] = DreamLLMProcessor.from_pretrained(folder)
         for name in DIFFUSION_COMPONENTS:
             if name not in components:
-                components[name] = component_class(model_index, name).from_pretrained(folder, subfolder=name, dtype=dtype)
+                kwargs = options.component_kwargs(name, weights_folders[name], variants, devices.get(name))
+                components[name] = classes[name].from_pretrained(folder, subfolder=name, **kwargs)
         if "scheduler" not in components:
-            components["scheduler"] = component_class(model_index, "scheduler").from_pretrained(folder, subfolder="scheduler")
+            components["scheduler"] = classes["scheduler"].from_pretrained(folder, subfolder="scheduler")
         pipeline = cls(**components)
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        if options.device_map is not None:
+            pipeline.hf_device_map = options.final_device_map(devices)
+        if options.quantization_config is not None:
+            pipeline.quantization_config = options.quantization_config
         return pipeline
 
 
@@ -932,6 +1258,12 @@ def select_tokens(
         int(torch.multinomial(row_probabilities.to(generator[index].device), 1, generator=generator[index]))
         for index, row_probabilities in zip(rows, probabilities)
     ]
+
+
+def check_finite(name: str, tensor: torch.Tensor):
+    """Raises a `ValueError` naming `tensor` when it holds NaN or infinite values."""
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
 
 
 def is_conversation(prompt) -> bool:
@@ -961,6 +1293,7 @@ def check_components(model, processor, unet, vae, scheduler):
     for name, (component, component_type) in expected.items():
         if not isinstance(component, component_type):
             raise TypeError(f"{name} must be a {component_type.__name__}, got {type(component).__name__}")
+    check_scheduler(scheduler)
     if unet.config.cross_attention_dim != model.config.condition_dim:
         raise ValueError(
             f"The UNet's cross_attention_dim ({unet.config.cross_attention_dim}) differs from the model's "
@@ -972,6 +1305,39 @@ def check_components(model, processor, unet, vae, scheduler):
         )
 
 
+def check_scheduler(scheduler):
+    """
+    Raises a `TypeError` naming a scheduler the pipeline cannot drive. DreamLLM's UNet predicts noise on the DDPM
+    schedule, as Stable Diffusion's does, so the pipeline drives the schedulers `StableDiffusionPipeline` drives:
+    `set_timesteps`, `init_noise_sigma`, `scale_model_input`, `step(model_output, timestep, sample)` and a
+    `prediction_type` of `epsilon`, `v_prediction` or `sample`. Flow-matching schedulers (`FlowMatchEuler...`),
+    and those needing more inputs at each step (RePaint, Karras-VE), are refused.
+    """
+    if not isinstance(scheduler, SchedulerMixin):
+        raise TypeError(f"scheduler must be a SchedulerMixin, got {type(scheduler).__name__}")
+    name = type(scheduler).__name__
+    missing = [attribute for attribute in SCHEDULER_INTERFACE if not hasattr(scheduler, attribute)]
+    if missing:
+        raise TypeError(
+            f"{name} cannot drive DreamLLM's UNet: it has no {', '.join(missing)} (a noise-prediction UNet needs a "
+            f"DDPM-style scheduler such as DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler)"
+        )
+    step_parameters = inspect.signature(scheduler.step).parameters.values()
+    required = [
+        parameter.name for parameter in step_parameters
+        if parameter.default is inspect.Parameter.empty and parameter.kind == parameter.POSITIONAL_OR_KEYWORD
+    ]
+    if required != ["model_output", "timestep", "sample"]:
+        raise TypeError(f"{name} cannot drive DreamLLM's UNet: its step needs {', '.join(required)}")
+    takes_prediction_type = "prediction_type" in inspect.signature(type(scheduler).__init__).parameters
+    prediction_type = scheduler.config.get("prediction_type") if takes_prediction_type else None
+    if prediction_type not in UNET_PREDICTION_TYPES:
+        raise TypeError(
+            f"{name} cannot drive DreamLLM's UNet: its prediction_type is {prediction_type!r}, not one of "
+            f"{', '.join(UNET_PREDICTION_TYPES)}"
+        )
+
+
 def resolve_pretrained_folder(name_or_path: str | os.PathLike, **download_kwargs) -> Path:
     """A local folder as is, or the local snapshot of a Hub repo id (downloaded unless `local_files_only`)."""
     path = Path(name_or_path)
@@ -980,6 +1346,17 @@ def resolve_pretrained_folder(name_or_path: str | os.PathLike, **download_kwargs
     if path.exists() or not HUB_REPO_ID.fullmatch(str(name_or_path)):
         raise FileNotFoundError(f"{name_or_path} is neither a folder holding a saved DreamLLM nor a Hub repo id")
     return Path(snapshot_download(str(name_or_path), **download_kwargs))
+
+
+def check_component_folder(folder: Path, name: str):
+    """Raises a `FileNotFoundError` naming the component folder (`unet/`, `vae/`, `scheduler/`) that is missing."""
+    config_name = "scheduler_config.json" if name == "scheduler" else "config.json"
+    if not (folder / name / config_name).is_file():
+        what = "folder" if not (folder / name).is_dir() else f"{config_name} in its folder"
+        raise FileNotFoundError(
+            f"{folder} has no {name}/ {what}: a saved DreamLLMPipeline holds unet/, vae/ and scheduler/ beside the "
+            f"language model (pass {name}= to use another)"
+        )
 
 
 def read_model_index(folder: Path) -> dict:

@@ -176,7 +176,7 @@ def test_cached_decoding_matches_a_full_forward(tiny):
     with torch.no_grad():
         full = model(**inputs)
         prefix = model(input_ids=inputs.input_ids[:, :-2], pixel_values=inputs.pixel_values, use_cache=True)
-        step = model(input_ids=inputs.input_ids[:, -2:], past_key_values=prefix.past_key_values)
+        step = model(input_ids=inputs.input_ids[:, -2:], **{CACHE_ARGUMENT: prefix[CACHE_ARGUMENT]})
     torch.testing.assert_close(step.logits, full.logits[:, -2:], rtol=1e-5, atol=1e-5)
 
 

@@ -105,5 +105,5 @@ def test_greedy_generation_ids_and_scores(model, golden):
     )
     assert torch.equal(outputs.sequences, tensors["output_ids"])
     assert outputs.sequences[0, tensors["input_ids"].shape[1]:].tolist() == meta["new_tokens"]
-    # the original's greedy scores are the raw logits (our generation config also suppresses pipeline-only tokens)
+    # the original's step scores are the raw logits (the converted generation config suppresses pipeline-only tokens)
     assert max_diff(torch.stack(outputs.logits, dim=1)[0], tensors["step_scores"]) <= ATOL

@@ -105,6 +105,29 @@ def test_interleaved_generation_task_returns_the_pipelines_documents(original, s
                                                        for p in ("Hello", "Bye")]
 
 
+def test_interleaved_generation_task_batches_prompts(original, saved):
+    writer = pipeline("interleaved-generation", model=str(saved))
+    writer.dreamllm_pipeline.set_progress_bar_config(disable=True)
+    prompts = ["Hello", "Bye", "Once upon a time"]
+    batched = writer(prompts, batch_size=2, max_images=0, max_new_tokens=3)
+    assert [item["document"] for item in batched] == [writer(p, max_images=0, max_new_tokens=3)["document"]
+                                                      for p in prompts]
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        writer(prompts, images=[None])
+
+
+def test_the_model_card_declares_only_tasks_that_load(original, saved, monkeypatch):
+    cards = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, repo_id, folder_path, **kwargs: cards.append(
+        (folder_path / "README.md").read_text()))
+    original.push_to_hub("someone/dreamllm-tiny")
+    metadata = yaml.safe_load(cards[0].split("---")[1])
+    assert pipeline(metadata["pipeline_tag"], model=str(saved)) is not None
+    for task in set(metadata["tags"]) & {"image-text-to-text", "interleaved-generation", "any-to-any"}:
+        assert pipeline(task, model=str(saved)) is not None
+
+
 def test_dtype_on_load_casts_every_component(saved):
     pipe = load(saved, dtype=torch.bfloat16)
     assert {pipe.model.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.bfloat16}
@@ -165,6 +188,6 @@ def test_push_to_hub_uploads_the_folder_with_a_model_card(original, monkeypatch)
                  "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"):
         assert name in files
     metadata = yaml.safe_load(card.split("---")[1])
-    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "any-to-any"
+    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "image-text-to-text"
     assert {"dreamllm", "text-to-image", "image-text-to-text"} <= set(metadata["tags"])
     assert 'DreamLLMPipeline.from_pretrained("someone/dreamllm-tiny")' in card

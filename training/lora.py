@@ -18,6 +18,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
+from dreamllm.pipelines.hub import PIPELINE_TAG
 
 LANGUAGE_MODEL_LORA_TARGETS = (
     r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -83,7 +84,7 @@ def adapter_model_card(repo_id: str, base_model: str | None) -> ModelCard:
     """
     The model card of a DreamLLM LoRA adapter: PEFT metadata, the base model (when known), tags and a usage snippet.
     """
-    metadata = ModelCardData(library_name="peft", base_model=base_model, pipeline_tag="any-to-any", tags=TAGS)
+    metadata = ModelCardData(library_name="peft", base_model=base_model, pipeline_tag=PIPELINE_TAG, tags=TAGS)
     text = ADAPTER_CARD.format(repo_id=repo_id, base_model=base_model or UNKNOWN_BASE_MODEL)
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{text}")
 
