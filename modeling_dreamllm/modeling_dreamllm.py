@@ -594,7 +594,7 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
             labels=labels,
             vocab_size=self.config.text_config.vocab_size,
             num_items_in_batch=num_items_in_batch,
-            shift_labels=shift_labels,
+            shift_labels=None if shift_labels is None else shift_labels.contiguous(),
         )
 
     def dream_block_ids(self, batch_size: int, device: torch.device) -> torch.LongTensor:
