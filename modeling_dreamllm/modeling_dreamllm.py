@@ -206,10 +206,15 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         pixel_values: torch.FloatTensor | None = None,
+        run_unused_modules: bool = False,
     ) -> tuple[torch.FloatTensor, BlockLayout, torch.FloatTensor | None]:
         """
         Token embeddings of `input_ids` with the dream queries written into dream blocks and the image features of
         `pixel_values` (one image per image block, in row-major order) written into image blocks.
+
+        With `run_unused_modules`, the dream queries run even when the input holds no dream block, and the vision
+        tower and projector (on one blank image) even when it holds no image, each where it runs otherwise and
+        adding exactly zero, so that the modules run in the same order whatever the input holds.
 
         Returns:
             The input embeddings, the block layout and the projected image features (or `None`).
@@ -227,34 +232,43 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(
                 layout.dream_patch_mask.unsqueeze(-1), queries.to(inputs_embeds.device, inputs_embeds.dtype)
             )
+        elif run_unused_modules:
+            inputs_embeds = inputs_embeds + self.unused_dream_queries_term(inputs_embeds)
         image_features = None
         if num_images:
             image_features = self.get_image_features(pixel_values)
             inputs_embeds = inputs_embeds.masked_scatter(
                 layout.image_patch_mask.unsqueeze(-1), image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             )
+        elif run_unused_modules:
+            inputs_embeds = inputs_embeds + self.unused_vision_term(inputs_embeds)
         return inputs_embeds, layout, image_features
 
-    def unused_modules_zero_term(
-        self, layout: BlockLayout | None, image_features: torch.FloatTensor | None
-    ) -> torch.FloatTensor:
+    # The unused-module terms below are exactly zero but depend on a module the batch did not use. Added in training
+    # where the module runs otherwise (dream queries, then vision tower and projector, before the language model; the
+    # dream projector after it), they give its parameters zero gradients and keep the order in which modules run and
+    # gradients become ready the same whatever a batch holds, so every process of a sharded run (FSDP, ZeRO, whose
+    # gradient buckets follow that order) runs the same collectives on the same parameters. They take no parameter
+    # directly, only module outputs, so ZeRO-3 gathers parameters through its module hooks alone.
+
+    def unused_dream_queries_term(self, like: torch.FloatTensor) -> torch.FloatTensor:
+        """Zero from the dream queries of one dream block, on `like`'s device and dtype."""
+        index = torch.arange(self.config.num_dream_queries, device=self.dream_queries.weight.device)
+        return self.dream_queries(index).sum().to(like.device, like.dtype) * 0.0
+
+    def unused_vision_term(self, like: torch.FloatTensor) -> torch.FloatTensor:
+        """Zero from the vision tower and projector run on one blank image, on `like`'s device and dtype."""
+        vision_config = self.config.vision_config
+        blank_image = like.new_zeros(1, vision_config.num_channels, vision_config.image_size, vision_config.image_size)
+        return self.get_image_features(blank_image).sum().to(like.device, like.dtype) * 0.0
+
+    def unused_dream_projector_term(self, like: torch.FloatTensor) -> torch.FloatTensor:
         """
-        A scalar that is exactly zero but depends on every module the batch did not use: the vision tower and vision
-        projector (run on one blank image) when it holds no image, the dream queries and dream projector when it holds
-        no dream block. Added to the outputs in training, it gives those parameters zero gradients, so that every
-        process of a sharded run (FSDP, ZeRO) runs the same modules and collectives whatever its batch holds.
+        Zero from the dream projector run on a constant hidden state (so that its gradients arrive from the loss
+        alone, as those of real dream conditions do), on `like`'s device and dtype.
         """
-        projector_weight = self.vision_projector.weight
-        zero_term = projector_weight.new_zeros(())
-        if image_features is None:
-            vision_config = self.config.vision_config
-            blank_image = projector_weight.new_zeros(
-                1, vision_config.num_channels, vision_config.image_size, vision_config.image_size
-            )
-            zero_term = zero_term + self.get_image_features(blank_image).sum() * 0.0
-        if layout is None or not layout.num_dream_blocks:
-            zero_term = zero_term + self.project_dream_states(self.dream_queries.weight).sum() * 0.0
-        return zero_term
+        constant_state = like.new_zeros(1, 1, like.shape[-1])
+        return self.project_dream_states(constant_state).sum().to(like.device, like.dtype) * 0.0
 
     @can_return_tuple
     def forward(
@@ -284,19 +298,24 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
                 Ready-made embeddings instead of `input_ids`; blocks are then not located, so no images can be given
                 and no dream conditions are returned.
 
-        In training mode with gradients enabled, the vision tower and projector and the dream queries and projector
-        run on every call, contributing exactly zero when the batch holds no image or no dream block (see
-        `unused_modules_zero_term`); in evaluation or under `torch.no_grad` nothing extra runs.
+        In training mode with gradients enabled, the dream queries, the vision tower and projector and the dream
+        projector run on every call, in that order, contributing exactly zero when the batch holds no dream block or
+        no image (see `unused_dream_queries_term` and the two after it); in evaluation or under `torch.no_grad`
+        nothing extra runs.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         layout = image_features = None
+        run_unused_modules = self.training and torch.is_grad_enabled()
         if inputs_embeds is None:
-            inputs_embeds, layout, image_features = self.embed_multimodal_inputs(input_ids, pixel_values)
+            inputs_embeds, layout, image_features = self.embed_multimodal_inputs(
+                input_ids, pixel_values, run_unused_modules
+            )
         elif pixel_values is not None:
             raise ValueError("pixel_values need input_ids to locate their image blocks; inputs_embeds was given")
-        if self.training and torch.is_grad_enabled():  # before the language model, where images are embedded
-            inputs_embeds = inputs_embeds + self.unused_modules_zero_term(layout, image_features)
+        elif run_unused_modules:
+            inputs_embeds = inputs_embeds + self.unused_dream_queries_term(inputs_embeds)
+            inputs_embeds = inputs_embeds + self.unused_vision_term(inputs_embeds)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -312,6 +331,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             dream_states = last_hidden_state[layout.dream_patch_mask.to(last_hidden_state.device)]
             dream_states = dream_states.view(layout.num_dream_blocks, self.config.num_dream_queries, -1)
             dream_conditions = self.project_dream_states(dream_states)
+        elif run_unused_modules:
+            last_hidden_state = last_hidden_state + self.unused_dream_projector_term(last_hidden_state)
         return DreamLLMModelOutputWithPast(
             last_hidden_state=last_hidden_state,
             **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
