@@ -245,8 +245,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         return inputs_embeds, layout, image_features
 
     # The unused-module terms below are exactly zero but depend on a module the batch did not use. Added in training
-    # where the module runs otherwise (dream queries, then vision tower and projector, before the language model; the
-    # dream projector after it), they give its parameters zero gradients and keep the order in which modules run and
+    # where the module runs otherwise (dream queries, then vision tower and projector, before the language model;
+    # the dream projector after it, see `unused_dream_conditions`), they give its parameters zero gradients and keep the order in which modules run and
     # gradients become ready the same whatever a batch holds, so every process of a sharded run (FSDP, ZeRO, whose
     # gradient buckets follow that order) runs the same collectives on the same parameters. They take no parameter
     # directly, only module outputs, so ZeRO-3 gathers parameters through its module hooks alone.
@@ -262,13 +262,14 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         blank_image = like.new_zeros(1, vision_config.num_channels, vision_config.image_size, vision_config.image_size)
         return self.get_image_features(blank_image).sum().to(like.device, like.dtype) * 0.0
 
-    def unused_dream_projector_term(self, like: torch.FloatTensor) -> torch.FloatTensor:
+    def unused_dream_conditions(self, like: torch.FloatTensor) -> torch.FloatTensor:
         """
-        Zero from the dream projector run on a constant hidden state (so that its gradients arrive from the loss
-        alone, as those of real dream conditions do), on `like`'s device and dtype.
+        The conditions of no dream block, `(0, num_dream_queries, condition_dim)`, from the dream projector run on an
+        empty input: returned in training for a batch without dream blocks, so that the projector runs and its (zero)
+        gradients arrive from the loss's diffusion part, as those of real conditions do (a loss must use
+        `dream_conditions`, e.g. add `dream_conditions.sum() * 0` when it is empty, as `DreamLLMTrainer` does).
         """
-        constant_state = like.new_zeros(1, 1, like.shape[-1])
-        return self.project_dream_states(constant_state).sum().to(like.device, like.dtype) * 0.0
+        return self.project_dream_states(like.new_zeros(0, self.config.num_dream_queries, like.shape[-1]))
 
     @can_return_tuple
     def forward(
@@ -300,8 +301,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
 
         In training mode with gradients enabled, the dream queries, the vision tower and projector and the dream
         projector run on every call, in that order, contributing exactly zero when the batch holds no dream block or
-        no image (see `unused_dream_queries_term` and the two after it); in evaluation or under `torch.no_grad`
-        nothing extra runs.
+        no image (see `unused_dream_queries_term`, `unused_vision_term`; `dream_conditions` is then an empty tensor,
+        see `unused_dream_conditions`); in evaluation or under `torch.no_grad` nothing extra runs.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
@@ -332,7 +333,7 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             dream_states = dream_states.view(layout.num_dream_blocks, self.config.num_dream_queries, -1)
             dream_conditions = self.project_dream_states(dream_states)
         elif run_unused_modules:
-            last_hidden_state = last_hidden_state + self.unused_dream_projector_term(last_hidden_state)
+            dream_conditions = self.unused_dream_conditions(last_hidden_state)
         return DreamLLMModelOutputWithPast(
             last_hidden_state=last_hidden_state,
             **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
