@@ -1,7 +1,9 @@
 """Sharded engines on mixed data: two CPU processes (gloo) train the tiny model with DDP, DeepSpeed ZeRO-2 and ZeRO-3 and FSDP2, while at every step one process holds captions, creations or plain text and the other something else.
 Every engine runs the same collectives on both processes and ends with the weights DDP ends with, without and with
 condition dropout, gradient checkpointing and accumulation; bf16 trains with DDP and FSDP2 (DeepSpeed bf16 needs an
-accelerator); every engine saves a complete fp32 pipeline.
+accelerator); every engine saves a complete fp32 pipeline; a ZeRO-2 or ZeRO-3 run checkpointed mid-run and resumed
+ends with the weights of the uninterrupted run (transformers refuses checkpoints of a model sharded at load time, the
+FSDP2 of this test).
 
 FSDP1, and accelerate's FSDP plugin, need a GPU (accelerate enables FSDP only for accelerator devices); FSDP2 runs here
 the supported way for CPUs, sharded by transformers at load time (`from_pretrained(distributed_config=...)`), which
@@ -30,6 +32,8 @@ VARIANTS = {
 }
 STEPS = 3
 BF16_ENGINES = ("ddp", "fsdp2")  # TrainingArguments refuses bf16 for DeepSpeed without an accelerator
+RESUMED_ENGINES = ("zero2", "zero3")  # transformers refuses checkpoints of a model sharded at load time (FSDP2 here)
+RESUMED_VARIANT = "dropout-checkpointing-accumulation"
 
 
 def free_port() -> int:
@@ -74,6 +78,11 @@ def test_engines_give_the_weights_of_ddp_on_mixed_data(tmp_path):
         assert weights.keys() == reference.keys()
         for name, value in weights.items():
             torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5, msg=f"{engine} {variant} {name}")
+    for engine in RESUMED_ENGINES:  # resumed mid-run under the engine: the weights of the uninterrupted run
+        assert results[engine, "resumed steps"].item() == STEPS - 2, engine
+        for name, value in results[engine, "resumed"].items():
+            torch.testing.assert_close(value, results[engine, RESUMED_VARIANT][name], rtol=1e-5, atol=1e-6,
+                                       msg=f"{engine} resumed {name}")
     initial = tiny_pipeline(0).model.state_dict()
     assert not torch.equal(results["ddp", "plain"]["model.dream_projector.weight"], initial["model.dream_projector.weight"])
     assert not torch.equal(results["ddp", "plain"]["model.vision_projector.weight"], initial["model.vision_projector.weight"])
@@ -106,7 +115,17 @@ def engine_arguments(engine: str) -> dict:
     return {"use_cpu": True}
 
 
-def train_once(workdir: Path, engine: str, variant: dict, bf16: bool = False):
+class StepCounter(__import__("transformers").TrainerCallback):
+    """Counts the optimizer steps a run takes (a resumed run: only those after its checkpoint)."""
+
+    steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def train_once(workdir: Path, engine: str, variant: dict, bf16: bool = False, resume_from: Path | None = None,
+               save_steps: int | None = None):
     from accelerate.state import AcceleratorState
     from transformers.distributed import DistributedConfig
 
@@ -122,17 +141,20 @@ def train_once(workdir: Path, engine: str, variant: dict, bf16: bool = False):
         model = DreamLLMForCausalLM.from_pretrained(workdir / "base", distributed_config=DistributedConfig(fsdp_size=2, fsdp_plan=plan))
     pipeline = DreamLLMPipeline.from_pretrained(workdir / "base", **({"model": model} if model is not None else {}))
     dataset = JsonlDocumentDataset(workdir / "mixed.jsonl", pipeline.processor)
-    arguments = {"max_steps": STEPS, "per_device_train_batch_size": 2, "logging_steps": 1, "save_strategy": "no",
+    saving = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "no"}
+    arguments = {"max_steps": STEPS, "per_device_train_batch_size": 2, "logging_steps": 1, **saving,
                  "disable_tqdm": True, "learning_rate": 1e-2, "train_sampling_strategy": "sequential", "bf16": bf16,
                  **engine_arguments(engine), **variant}
     args = dreamllm_training_arguments(workdir / f"run-{engine}", **arguments)
     trainer = build_trainer(pipeline, dataset, args, stage=2, random_flip=False, condition_dropout=condition_dropout)
-    trainer.train()
+    trained_steps = StepCounter()
+    trainer.add_callback(trained_steps)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     state_dict = trainer.full_state_dict()
-    if not variant and not condition_dropout and not bf16:
+    if not variant and not condition_dropout and not bf16 and not resume_from and not save_steps:
         trainer.save_pretrained(workdir / f"saved-{engine}")
-    return state_dict, losses
+    return state_dict, losses, trained_steps.steps
 
 
 def run_worker(workdir: Path):
@@ -146,11 +168,17 @@ def run_worker(workdir: Path):
     results = {}
     for engine in ENGINES:
         for name, variant in VARIANTS.items():
-            state_dict, _ = train_once(workdir, engine, variant)
+            state_dict, _, _ = train_once(workdir, engine, variant)
             results[engine, name] = {key: value.float() for key, value in state_dict.items()}
         if engine in BF16_ENGINES:
-            _, losses = train_once(workdir, engine, {}, bf16=True)
+            _, losses, _ = train_once(workdir, engine, {}, bf16=True)
             results["bf16 finite", engine] = torch.tensor(all(torch.isfinite(torch.tensor(losses))) and len(losses) == STEPS)
+        if engine in RESUMED_ENGINES:  # checkpoint at step 2 of a run, then resume it from there to the last step
+            train_once(workdir, engine, VARIANTS[RESUMED_VARIANT], save_steps=2)
+            checkpoint = workdir / f"run-{engine}" / "checkpoint-2"
+            state_dict, _, trained_steps = train_once(workdir, engine, VARIANTS[RESUMED_VARIANT], resume_from=checkpoint)
+            results[engine, "resumed"] = {key: value.float() for key, value in state_dict.items()}
+            results[engine, "resumed steps"] = torch.tensor(trained_steps)
     if rank == 0:
         torch.save(results, workdir / "results.pt")
 
