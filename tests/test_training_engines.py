@@ -5,7 +5,8 @@ accelerator); every engine saves a complete fp32 pipeline; a ZeRO-2 or ZeRO-3 ru
 ends with the weights of the uninterrupted run (transformers refuses checkpoints of a model sharded at load time, the
 FSDP2 of this test).
 
-FSDP1, and accelerate's FSDP plugin, need a GPU (accelerate enables FSDP only for accelerator devices); FSDP2 runs here
+FSDP1, and accelerate's FSDP plugin, need a GPU (accelerate enables FSDP only for accelerator devices, and on CPU
+would run DDP instead: the trainer refuses that, tested here); FSDP2 runs here
 the supported way for CPUs, sharded by transformers at load time (`from_pretrained(distributed_config=...)`), which
 the Trainer detects. DeepSpeed runs on CPU over gloo when the Trainer is given `ddp_backend="gloo"`.
 
@@ -88,6 +89,7 @@ def test_engines_give_the_weights_of_ddp_on_mixed_data(tmp_path):
     assert not torch.equal(results["ddp", "plain"]["model.vision_projector.weight"], initial["model.vision_projector.weight"])
     for engine in BF16_ENGINES:
         assert results["bf16 finite", engine].item(), engine
+    assert results["fsdp1 refused on CPU"].item()
     for engine in ENGINES:
         saved = DreamLLMPipeline.from_pretrained(tmp_path / f"saved-{engine}").model
         for name, value in saved.state_dict().items():
@@ -179,8 +181,19 @@ def run_worker(workdir: Path):
             state_dict, _, trained_steps = train_once(workdir, engine, VARIANTS[RESUMED_VARIANT], resume_from=checkpoint)
             results[engine, "resumed"] = {key: value.float() for key, value in state_dict.items()}
             results[engine, "resumed steps"] = torch.tensor(trained_steps)
+    results["fsdp1 refused on CPU"] = torch.tensor(fsdp1_is_refused(workdir))
     if rank == 0:
         torch.save(results, workdir / "results.pt")
+
+
+def fsdp1_is_refused(workdir: Path) -> bool:
+    """Whether training with FSDP1 asked through the Trainer's arguments fails loudly on CPU, where accelerate runs DDP."""
+    fsdp_config = {"version": 1, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "sync_module_states": False}
+    try:
+        train_once(workdir, "ddp", {"fsdp": True, "fsdp_config": fsdp_config})
+    except ValueError as error:
+        return "fsdp" in str(error) and "without FSDP" in str(error)
+    return False
 
 
 if __name__ == "__main__":
