@@ -15,6 +15,7 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from dreamllm.file_utils import check_replaceable
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
+from dreamllm.modeling_dreamllm.modeling_dreamllm import apply_dreamllm_generation_defaults
 from dreamllm.pipelines import DreamLLMPipeline
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.tokenization_dreamllm import add_dreamllm_special_tokens
@@ -124,6 +125,7 @@ def assemble_model(
     model.lm_head = language_model.lm_head
     model.model.vision_tower = vision_tower
     model.generation_config = language_model.generation_config
+    apply_dreamllm_generation_defaults(model.generation_config, model.config)
     for new_module in (model.model.vision_projector, model.model.dream_queries, model.model.dream_projector):
         new_module.to_empty(device="cpu")
         model._init_weights(new_module)

@@ -20,6 +20,7 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from dreamllm.file_utils import atomic_directory
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
+from dreamllm.modeling_dreamllm.modeling_dreamllm import apply_dreamllm_generation_defaults
 from dreamllm.pipelines import DreamLLMPipeline
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.tokenization_dreamllm import convert_original_tokenizer
@@ -113,6 +114,7 @@ def convert_original_checkpoint(
     plan = plan_conversion(sources, expected_shapes(pipeline))
     target_dtype = DTYPE_CHOICES[dtype] or stored_language_model_dtype(main_sources, plan)
     generation_config = original_generation_config(checkpoint) or pipeline.model.generation_config
+    apply_dreamllm_generation_defaults(generation_config, pipeline.model.config)
     with atomic_directory(output_dir, overwrite=force) as staging:
         write_configs(pipeline, generation_config, target_dtype, staging)
         write_weights(sources, plan, target_dtype, staging, convert_file_size_to_int(max_shard_size))

@@ -5,6 +5,19 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
+ADDED_TOKENS_ORDER = (
+    "pad_token_id",
+    "image_start_token_id",
+    "dream_end_token_id",
+    "dream_start_token_id",
+    "image_patch_token_id",
+    "image_end_token_id",
+    "image_token_id",
+    "dream_token_id",
+)
+"""The order in which the released DreamLLM checkpoints number the eight tokens they add to the Llama vocabulary."""
+
+
 class DreamLLMConfig(PreTrainedConfig):
     r"""
     Configuration of a [`DreamLLMForCausalLM`]. The defaults describe the released DreamLLM-7B: Vicuna-7B v1.1 with
@@ -26,7 +39,8 @@ class DreamLLMConfig(PreTrainedConfig):
         dream_start_token_id, dream_end_token_id (`int`, *optional*):
             Ids of `[PAD]`, `<image>`, `<im_patch>`, `<im_start>`, `<im_end>`, `<dream>`, `<dream_start>` and
             `<dream_end>`. The released checkpoints do not number them in list order: converted models read them from
-            the checkpoint.
+            the checkpoint. Left unset, they are the last eight ids of the vocabulary in the released order
+            (`ADDED_TOKENS_ORDER`).
         loss_weight_lm (`float`, *optional*, defaults to 1.0):
             Weight of the language-model cross-entropy in the training objective.
         loss_weight_diffusion (`float`, *optional*, defaults to 10.0):
@@ -72,21 +86,32 @@ class DreamLLMConfig(PreTrainedConfig):
     num_dream_queries: int = 64
     vision_feature_layer: int = -2
     condition_dim: int = 1024
-    pad_token_id: int = 32000
-    image_start_token_id: int = 32001
-    dream_end_token_id: int = 32002
-    dream_start_token_id: int = 32003
-    image_patch_token_id: int = 32004
-    image_end_token_id: int = 32005
-    image_token_id: int = 32006
-    dream_token_id: int = 32007
+    pad_token_id: int | None = None
+    image_start_token_id: int | None = None
+    dream_end_token_id: int | None = None
+    dream_start_token_id: int | None = None
+    image_patch_token_id: int | None = None
+    image_end_token_id: int | None = None
+    image_token_id: int | None = None
+    dream_token_id: int | None = None
     loss_weight_lm: float = 1.0
     loss_weight_diffusion: float = 10.0
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self.fill_special_token_ids()
         self.validate_dreamllm_fields()
+
+    def fill_special_token_ids(self):
+        """
+        Gives every special token left unset the id the released checkpoints give it: the eight added tokens are the
+        last eight of the vocabulary, in the order of `ADDED_TOKENS_ORDER` (32000-32007 for the 32008 of DreamLLM-7B).
+        """
+        first_added_id = self.text_config.vocab_size - len(ADDED_TOKENS_ORDER)
+        for offset, name in enumerate(ADDED_TOKENS_ORDER):
+            if getattr(self, name) is None:
+                setattr(self, name, first_added_id + offset)
 
     def validate_dreamllm_fields(self):
         """Raises a `ValueError` naming the field when the DreamLLM-specific settings cannot describe a model."""

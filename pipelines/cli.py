@@ -9,6 +9,8 @@ import torch
 
 from .pipeline_dreamllm import DreamLLMPipeline
 
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 def add_arguments(parser: argparse.ArgumentParser):
     """Declares the arguments of `dreamllm generate`."""
@@ -34,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="Most images in the document (default: %(default)s).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="Where to run (default: %(default)s).")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="dtype of every component (default: auto, the dtype the model was saved in).")
     # A bad argument is reported in one line, like the errors of `run`, rather than after the usage text.
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
 
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Loads the pipeline, writes the document and reports where it is."""
     images = [open_image(path) for path in args.images]
     print(f"Loading {args.model or 'the built-in toy-world model'} ...", flush=True)
-    pipe = DreamLLMPipeline.from_pretrained(args.model).to(args.device)
+    pipe = DreamLLMPipeline.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device)
     generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     output = pipe(
         args.prompt,

@@ -6,6 +6,7 @@ own `from_pretrained`: `dtype` (one, or a per-component dict with a `"default"`)
 (`"balanced"`, an accelerator or `"cpu"`), `low_cpu_mem_usage`, `quantization_config` and the Hub download options.
 """
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from accelerate.utils import get_max_memory
 from diffusers.pipelines.pipeline_loading_utils import _assign_components_to_devices
 from diffusers.pipelines.pipeline_utils import SUPPORTED_DEVICE_MAP
 from diffusers.quantizers import PipelineQuantizationConfig
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 COMPONENTS = ("model", "processor", "unet", "vae", "scheduler")
@@ -83,12 +84,13 @@ class LoadingOptions:
             if unknown:
                 raise ValueError(f"dtype names unknown component(s) {', '.join(unknown)}; components with weights "
                                  f"are {', '.join(WEIGHTED_COMPONENTS)} (and 'default' for the others)")
-        if self.variant is not None and (not isinstance(self.variant, str) or not re.fullmatch(r"[\w-]+", self.variant)):
+        if self.variant is not None and not (isinstance(self.variant, str) and re.fullmatch(r"[\w-]+", self.variant)):
             raise ValueError(f"variant must be a name such as 'fp16', got {self.variant!r}")
         if self.device_map is not None and self.device_map not in SUPPORTED_DEVICE_MAP:
-            raise ValueError(
-                f"device_map {self.device_map!r} is not supported; use one of {', '.join(dict.fromkeys(SUPPORTED_DEVICE_MAP))}"
-            )
+            supported = ", ".join(dict.fromkeys(SUPPORTED_DEVICE_MAP))
+            raise ValueError(f"device_map {self.device_map!r} is not supported; use one of {supported}")
+        if self.max_memory is not None and self.device_map is None:
+            raise ValueError("max_memory bounds the devices of a device_map; pass device_map too")
         if self.device_map is not None and not self.low_cpu_mem_usage:
             raise ValueError(f"low_cpu_mem_usage=False cannot be combined with device_map={self.device_map!r}")
         if self.quantization_config is not None and not isinstance(
@@ -122,6 +124,8 @@ class LoadingOptions:
             kwargs["variant"] = self.variant
         if device is not None:
             kwargs["device_map"] = device if isinstance(device, str) else {"": device}
+            if self.max_memory is not None:
+                kwargs["max_memory"] = self.max_memory
         quantization = self.component_quantization(name)
         if quantization is not None:
             kwargs["quantization_config"] = quantization
@@ -149,6 +153,11 @@ class LoadingOptions:
         memory = dict(sorted(accelerators.items(), key=lambda item: item[1], reverse=True))
         assignment = _assign_components_to_devices(sizes, memory, device_mapping_strategy="balanced")
         return {component: device for device, components in assignment.items() for component in components}
+
+
+    def final_device_map(self, devices: dict[str, object]) -> str | dict[str, object] | None:
+        """The pipeline's `hf_device_map`, as diffusers sets it: the device named, or the `"balanced"` assignment."""
+        return (devices or None) if self.device_map == "balanced" else self.device_map
 
 
 def weight_files(folder: Path, variant: str | None) -> list[Path]:
@@ -181,6 +190,35 @@ def components_with_variant(weights_folders: dict[str, Path], variant: str | Non
     return found
 
 
+def check_saved_files(folders: list[Path], weights_folders: dict[str, Path], variant: str | None):
+    """
+    Reads what loading will read, before any loading: every JSON file of `folders` parses to an object, and each
+    weighted component has weights whose safetensors headers are whole (a truncated file is caught here).
+
+    Raises:
+        `ValueError` / `FileNotFoundError`: naming the damaged or missing file and what is wrong with it.
+    """
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")):
+            try:
+                content = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(f"{path} is not valid JSON ({error}): the saved pipeline is damaged") from None
+            if not isinstance(content, dict):
+                raise ValueError(f"{path} holds a JSON {type(content).__name__}, not an object: the saved pipeline "
+                                 f"is damaged")
+    for name, folder in weights_folders.items():
+        files = weight_files(folder, variant) or weight_files(folder, None)
+        if not files:
+            raise FileNotFoundError(f"{folder} holds no *.safetensors weights for the {name} component")
+        for path in files:
+            try:
+                with safe_open(path, "pt"):
+                    pass
+            except SafetensorError as error:
+                raise ValueError(f"{path} is damaged (a truncated or corrupt safetensors file: {error})") from None
+
+
 def checkpoint_dtype(folder: Path, variant: str | None) -> torch.dtype:
     """The floating dtype the weights in `folder` were saved in (float32 when it holds no floating tensor)."""
     files = weight_files(folder, variant) or weight_files(folder, None)
@@ -199,4 +237,4 @@ def weights_size(folder: Path, variant: str | None) -> int:
     return sum(path.stat().st_size for path in files)
 
 
-__all__ = ["LoadingOptions", "components_with_variant"]
+__all__ = ["LoadingOptions", "check_saved_files", "components_with_variant"]

@@ -3,6 +3,7 @@
 import importlib.resources
 import inspect
 import json
+import math
 import os
 import re
 import tempfile
@@ -28,10 +29,12 @@ from transformers.image_utils import load_image
 import diffusers
 from dreamllm.file_utils import atomic_directory
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
+from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.processing import DreamLLMProcessor
 
 from .hub import pipeline_model_card
 from .interleaved import DocumentBatch, DocumentRow, DocumentRun
+from .lora import DreamLLMLoraLoaderMixin
 from .streaming import (
     DocumentDone,
     ImageDone,
@@ -42,7 +45,7 @@ from .streaming import (
     StreamEvent,
     TextDelta,
 )
-from .loading import WEIGHTED_COMPONENTS, LoadingOptions, components_with_variant
+from .loading import COMPONENTS, WEIGHTED_COMPONENTS, LoadingOptions, check_saved_files, components_with_variant
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
@@ -50,6 +53,8 @@ TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MAX_NEW_TOKENS = 256
+MAX_IMAGE_SIZE = 4096
+"""The largest `height` / `width` the pipeline draws (8x DreamLLM's 512, 4x the 1024 of SDXL-class UNets)."""
 SCHEDULER_INTERFACE = ("set_timesteps", "init_noise_sigma", "scale_model_input", "step")
 UNET_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -104,7 +109,7 @@ class DenoisingStep:
     estimate: torch.Tensor
 
 
-class DreamLLMPipeline(DiffusionPipeline):
+class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
     r"""
     DreamLLM as a diffusers pipeline: the language model writes text and decides where images go; each image it
     starts is drawn by a Stable Diffusion UNet conditioned on the model's dream-query states.
@@ -163,6 +168,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         self._guidance_scale = guidance_scale
         self._num_timesteps = 0
         self._interrupt = False
+        self._negative_prompt_embeds = None
 
     @property
     def guidance_scale(self) -> float:
@@ -211,16 +217,22 @@ class DreamLLMPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         batch_size: int,
     ):
-        """Raises a `ValueError` naming the argument when a diffusion setting cannot be used."""
+        """
+        Raises a `ValueError` naming the argument when a diffusion setting cannot be used, and a `TypeError` when the
+        scheduler (set by any means) cannot drive the UNet.
+        """
+        check_scheduler(self.scheduler)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         for name, size in (("height", height), ("width", width)):
-            if not isinstance(size, int) or size < 1 or size % self.vae_scale_factor:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size % self.vae_scale_factor:
                 raise ValueError(
                     f"{name} must be a positive multiple of the VAE scale factor {self.vae_scale_factor}, got {size!r}"
                 )
+            if size > MAX_IMAGE_SIZE:
+                raise ValueError(f"{name} must be at most {MAX_IMAGE_SIZE} pixels, got {size}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         unknown_inputs = set(callback_on_step_end_tensor_inputs or ()) - set(self._callback_tensor_inputs)
@@ -273,9 +285,15 @@ class DreamLLMPipeline(DiffusionPipeline):
             `(prompt_embeds, negative_prompt_embeds)`, each `(batch * num_images_per_prompt, num_dream_queries,
             condition_dim)` in the UNet's dtype; `negative_prompt_embeds` is `None` without guidance.
         """
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None:
+                self.check_condition(name, embeds)
         if prompt_embeds is None:
             prompt_embeds = self.dream_conditions_of_texts(prompt, device)
         batch_size = prompt_embeds.shape[0]
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] not in (1, batch_size):
+            raise ValueError(f"negative_prompt_embeds holds {negative_prompt_embeds.shape[0]} conditions for "
+                             f"{batch_size} prompts")
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, batch_size, device)
         unet_dtype = self.unet.dtype
@@ -286,6 +304,17 @@ class DreamLLMPipeline(DiffusionPipeline):
             negative_prompt_embeds = None
         prompt_embeds = prompt_embeds.to(device, unet_dtype).repeat_interleave(num_images_per_prompt, 0)
         return prompt_embeds, negative_prompt_embeds
+
+    def check_condition(self, name: str, embeds: torch.Tensor):
+        """Raises a `ValueError` unless ready-made conditions are finite, `(batch, num_dream_queries, condition_dim)`."""
+        config = self.model.config
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or tuple(embeds.shape[1:]) != (
+            config.num_dream_queries, config.condition_dim
+        ):
+            shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise ValueError(f"{name} must have shape (batch, {config.num_dream_queries}, {config.condition_dim}), "
+                             f"got {shape}")
+        check_finite(name, embeds)
 
     def encode_negative_prompt(
         self, negative_prompt: str | list[str] | None, batch_size: int, device: torch.device
@@ -324,6 +353,8 @@ class DreamLLMPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif latents.shape != shape:
             raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        else:
+            check_finite("latents", latents)
         return latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
     def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
@@ -478,10 +509,15 @@ class DreamLLMPipeline(DiffusionPipeline):
         )
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("Pass exactly one of prompt or prompt_embeds")
+        if prompt is not None and not (isinstance(prompt, str) or (
+            isinstance(prompt, (list, tuple)) and prompt and all(isinstance(text, str) for text in prompt)
+        )):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
         default_height, default_width = self.default_image_size
-        height, width = height or default_height, width or default_width
+        height = default_height if height is None else height
+        width = default_width if width is None else width
         batch_size = prompt_embeds.shape[0] if prompt is None else 1 if isinstance(prompt, str) else len(prompt)
         self.check_inputs(
             num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
@@ -674,7 +710,8 @@ class DreamLLMPipeline(DiffusionPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs
         )
         default_height, default_width = self.default_image_size
-        height, width = height or default_height, width or default_width
+        height = default_height if height is None else height
+        width = default_width if width is None else width
         texts, prompt_images = self.prepare_document_prompts(prompt, images, use_chat_template)
         self.check_inputs(
             num_inference_steps, guidance_scale, height, width, output_type, callback_on_step_end_tensor_inputs,
@@ -689,9 +726,6 @@ class DreamLLMPipeline(DiffusionPipeline):
         generation_config, logits_processor, stopping_criteria = self.prepare_decoding(
             generation_config, logits_processor, stopping_criteria, inputs.input_ids.shape[1], device, generate_kwargs
         )
-        negative_prompt_embeds = None
-        if self.do_classifier_free_guidance:
-            negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, 1, device).to(self.unet.dtype)
         batch = DocumentBatch(
             inputs.input_ids,
             inputs.attention_mask,
@@ -700,7 +734,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             self.model.config.pad_token_id,
         )
         diffusion = {
-            "negative_prompt_embeds": negative_prompt_embeds,
+            "negative_prompt": negative_prompt,
             "num_inference_steps": num_inference_steps,
             "height": height,
             "width": width,
@@ -787,7 +821,9 @@ class DreamLLMPipeline(DiffusionPipeline):
         if images is not None:
             raise ValueError("Put the images of a conversation into its messages ({'type': 'image', 'image': ...})")
         read = []
-        for message in conversation:
+        for index, message in enumerate(conversation):
+            if not isinstance(message.get("content"), (str, list)):
+                raise ValueError(f"Message {index} of the conversation has no content (a string or a list of items)")
             if message["role"] != "user" or isinstance(message["content"], str):
                 continue
             for item in message["content"]:
@@ -832,6 +868,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         if config.max_new_tokens is None:
             config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         config.max_length = None
+        config.eos_token_id = self.eos_token_ids_without_dream_start(config.eos_token_id)
         self.model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=device)
         logits_processor = self.model._get_logits_processor(
             config, input_ids_seq_length=prompt_length, logits_processor=logits_processor or LogitsProcessorList(),
@@ -841,6 +878,12 @@ class DreamLLMPipeline(DiffusionPipeline):
             config, stopping_criteria or StoppingCriteriaList(), tokenizer=self.processor.tokenizer
         )
         return config, logits_processor, stopping_criteria
+
+    def eos_token_ids_without_dream_start(self, eos_token_id: int | list[int] | None) -> list[int]:
+        """The end-of-sequence ids for the pipeline's own decoding, which draws at `<dream_start>` instead of stopping
+        there as plain `generate` does (see `apply_dreamllm_generation_defaults`)."""
+        eos_token_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+        return [token_id for token_id in eos_token_ids if token_id != self.model.config.dream_start_token_id]
 
     @torch.no_grad()
     def document_events(
@@ -863,7 +906,7 @@ class DreamLLMPipeline(DiffusionPipeline):
                         attention_mask=chunk.attention_mask,
                         position_ids=chunk.position_ids,
                         pixel_values=chunk.pixel_values,
-                        past_key_values=cache,
+                        **{CACHE_ARGUMENT: cache},
                         use_cache=True,
                         logits_to_keep=1,
                     )
@@ -972,7 +1015,7 @@ class DreamLLMPipeline(DiffusionPipeline):
         conditions: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None,
         preview_every: int | None,
-        negative_prompt_embeds: torch.Tensor | None,
+        negative_prompt: str | None,
         num_inference_steps: int,
         height: int,
         width: int,
@@ -987,7 +1030,9 @@ class DreamLLMPipeline(DiffusionPipeline):
         if isinstance(generator, list):
             generator = [generator[index] for index in rows]
         prompt_embeds = conditions.to(self.unet.dtype)
-        if negative_prompt_embeds is not None:
+        negative_prompt_embeds = None
+        if self.do_classifier_free_guidance:
+            negative_prompt_embeds = self.unconditional_condition(negative_prompt, prompt_embeds.device)
             negative_prompt_embeds = negative_prompt_embeds.expand(len(rows), -1, -1)
         latents = self.prepare_latents(len(rows), height, width, prompt_embeds.dtype, prompt_embeds.device, generator)
         numbers = [len(batch.rows[index].images) for index in rows]
@@ -1006,6 +1051,15 @@ class DreamLLMPipeline(DiffusionPipeline):
         for index, number, picture, output in zip(rows, numbers, pictures, outputs):
             self.add_drawn_image(batch.rows[index], picture, output)
             yield ImageDone(index, number, output)
+
+    def unconditional_condition(self, negative_prompt: str | None, device: torch.device) -> torch.Tensor:
+        """
+        The unconditional condition of the images of one `__call__`: computed on its first draw (never for a
+        document without images) and reused by every other image of the call.
+        """
+        if self._negative_prompt_embeds is None:
+            self._negative_prompt_embeds = self.encode_negative_prompt(negative_prompt, 1, device).to(self.unet.dtype)
+        return self._negative_prompt_embeds
 
     def add_drawn_image(self, row: DocumentRow, picture: PIL.Image.Image, output):
         """Writes a drawn image into a row: the document gets `output`; the model will read `picture` in an image block."""
@@ -1122,7 +1176,7 @@ class DreamLLMPipeline(DiffusionPipeline):
             missing file or folder, the missing variant, or the component of the wrong kind.
         """
         options = LoadingOptions.pop_from(kwargs)
-        components = {name: kwargs.pop(name) for name in ("model", "processor", "unet", "vae", "scheduler") if name in kwargs}
+        components = {name: kwargs.pop(name) for name in COMPONENTS if name in kwargs}
         folder = resolve_pretrained_folder(pretrained_model_name_or_path or TOY_MODEL_PATH, **options.download)
         model_index = read_model_index(folder)
         weights_folders = {
@@ -1133,6 +1187,8 @@ class DreamLLMPipeline(DiffusionPipeline):
                    if name not in components}
         for name in classes:
             check_component_folder(folder, name)
+        top_level = [folder] if {"model", "processor"} - set(components) else []
+        check_saved_files(top_level + [folder / name for name in classes], weights_folders, options.variant)
         variants = components_with_variant(weights_folders, options.variant)
         devices = options.component_devices(weights_folders)
         if "model" not in components:
@@ -1150,7 +1206,9 @@ class DreamLLMPipeline(DiffusionPipeline):
         pipeline = cls(**components)
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         if options.device_map is not None:
-            pipeline.hf_device_map = devices or None
+            pipeline.hf_device_map = options.final_device_map(devices)
+        if options.quantization_config is not None:
+            pipeline.quantization_config = options.quantization_config
         return pipeline
 
 
@@ -1174,6 +1232,12 @@ def select_tokens(
         int(torch.multinomial(row_probabilities.to(generator[index].device), 1, generator=generator[index]))
         for index, row_probabilities in zip(rows, probabilities)
     ]
+
+
+def check_finite(name: str, tensor: torch.Tensor):
+    """Raises a `ValueError` naming `tensor` when it holds NaN or infinite values."""
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
 
 
 def is_conversation(prompt) -> bool:
@@ -1233,7 +1297,10 @@ def check_scheduler(scheduler):
             f"DDPM-style scheduler such as DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler)"
         )
     step_parameters = inspect.signature(scheduler.step).parameters.values()
-    required = [p.name for p in step_parameters if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+    required = [
+        parameter.name for parameter in step_parameters
+        if parameter.default is inspect.Parameter.empty and parameter.kind == parameter.POSITIONAL_OR_KEYWORD
+    ]
     if required != ["model_output", "timestep", "sample"]:
         raise TypeError(f"{name} cannot drive DreamLLM's UNet: its step needs {', '.join(required)}")
     takes_prediction_type = "prediction_type" in inspect.signature(type(scheduler).__init__).parameters

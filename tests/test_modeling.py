@@ -84,7 +84,7 @@ def test_image_features_are_the_penultimate_clip_layer_without_cls_projected(tin
     with torch.no_grad():
         penultimate = clip(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
         expected = model.model.vision_projector(penultimate)
-        features = model.get_image_features(pixel_values)
+        features = model.get_image_features(pixel_values).pooler_output
     assert features.shape == (2, model.config.num_image_tokens, model.config.text_config.hidden_size)
     torch.testing.assert_close(features, expected, rtol=0, atol=0)
 
@@ -99,7 +99,8 @@ def test_image_features_and_dream_queries_replace_only_their_patch_positions(tin
     inputs = prompt_inputs(processor, ["one <image> two <dream> three <image> four"], images)
     ids = inputs.input_ids[0]
     with torch.no_grad():
-        embeds, layout, features = model.model.embed_multimodal_inputs(inputs.input_ids, inputs.pixel_values)
+        embeds, layout, image_outputs = model.model.embed_multimodal_inputs(inputs.input_ids, inputs.pixel_values)
+        features = image_outputs.pooler_output
         token_embeds = model.get_input_embeddings()(inputs.input_ids)[0]
     image_starts = (ids == config.image_start_token_id).nonzero().flatten().tolist()
     dream_start = (ids == config.dream_start_token_id).nonzero().item()
@@ -175,7 +176,7 @@ def test_cached_decoding_matches_a_full_forward(tiny):
     with torch.no_grad():
         full = model(**inputs)
         prefix = model(input_ids=inputs.input_ids[:, :-2], pixel_values=inputs.pixel_values, use_cache=True)
-        step = model(input_ids=inputs.input_ids[:, -2:], past_key_values=prefix.past_key_values)
+        step = model(input_ids=inputs.input_ids[:, -2:], **{CACHE_ARGUMENT: prefix[CACHE_ARGUMENT]})
     torch.testing.assert_close(step.logits, full.logits[:, -2:], rtol=1e-5, atol=1e-5)
 
 

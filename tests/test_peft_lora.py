@@ -163,3 +163,116 @@ def test_transformers_adapter_api_works_on_the_installed_peft():
     assert model.active_adapters() == ["other"]
     model.delete_adapter("other")
     assert "other" not in model.peft_config
+
+
+def t2i(pipeline):
+    generator = torch.Generator().manual_seed(0)
+    images = pipeline.text_to_image("a red cat", num_inference_steps=2, generator=generator, output_type="pt").images
+    return images
+
+
+def test_pipeline_loads_fuses_unfuses_and_unloads_the_language_model_adapter(trained):
+    base = t2i(tiny_pipeline(0))
+    merged = tiny_pipeline(0)
+    merged.model = PeftModel.from_pretrained(merged.model, trained.folder).merge_and_unload()
+    expected = t2i(merged)
+    pipe = tiny_pipeline(0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(trained.folder, adapter_name="toy")
+    assert pipe.get_list_adapters() == {"model": ["toy"]} and pipe.get_active_adapters() == ["toy"]
+    loaded = t2i(pipe)
+    assert not torch.allclose(loaded, base)
+    torch.testing.assert_close(loaded, expected, rtol=0, atol=1e-4)
+    pipe.fuse_lora()
+    torch.testing.assert_close(t2i(pipe), expected, rtol=0, atol=1e-4)
+    pipe.unfuse_lora()
+    torch.testing.assert_close(t2i(pipe), loaded, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="'toy' is loaded already"):
+        pipe.load_lora_weights(trained.folder, adapter_name="toy")
+    pipe.unload_lora_weights()
+    assert pipe.get_list_adapters() == {}
+    torch.testing.assert_close(t2i(pipe), base, rtol=0, atol=1e-5)
+
+
+def test_pipeline_loads_diffusers_unet_lora_and_weighs_it(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    reference = tiny_pipeline(0)
+    reference.unet.add_adapter(LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                          init_lora_weights=False), adapter_name="style")
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=get_peft_model_state_dict(reference.unet, adapter_name="style"),
+        unet_lora_adapter_metadata=reference.unet.peft_config["style"].to_dict(),
+    )
+    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+    base = t2i(tiny_pipeline(0))
+    pipe = tiny_pipeline(0)
+    pipe.load_lora_weights(tmp_path, adapter_name="style")
+    assert pipe.get_list_adapters() == {"unet": ["style"]}
+    loaded = t2i(pipe)
+    assert not torch.allclose(loaded, base)
+    torch.testing.assert_close(loaded, t2i(reference), rtol=0, atol=1e-5)
+    pipe.set_adapters("style", adapter_weights=0.0)
+    torch.testing.assert_close(t2i(pipe), base, rtol=0, atol=1e-5)
+    pipe.set_adapters(["style"], adapter_weights=[1.0])
+    pipe.fuse_lora(components=["unet"])
+    torch.testing.assert_close(t2i(pipe), loaded, rtol=0, atol=1e-4)
+    pipe.unfuse_lora(components=["unet"])
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(t2i(pipe), base, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda pipe, folder: pipe.load_lora_weights(folder), FileNotFoundError, "holds no LoRA adapter"),
+        (lambda pipe, folder: pipe.set_adapters("missing"), ValueError, "No adapter named missing is loaded"),
+        (lambda pipe, folder: pipe.fuse_lora(components=["vae"]), ValueError, "LoRA components are model, unet; got vae"),
+    ],
+)
+def test_lora_misuse_is_reported_clearly(tmp_path, call, error, message):
+    with pytest.raises(error, match=message):
+        call(tiny_pipeline(0), tmp_path)
+
+
+@pytest.fixture()
+def plain_adapter(tmp_path):
+    """A language-model LoRA adapter with random (non-zero) weights and nothing else, saved by transformers."""
+    from peft import LoraConfig
+
+    model, _ = tiny_model_and_processor(0)
+    model.add_adapter(LoraConfig(r=4, target_modules=LANGUAGE_MODEL_TARGETS, init_lora_weights=False), adapter_name="plain")
+    model.save_pretrained(tmp_path / "plain")
+    return tmp_path / "plain"
+
+
+LANGUAGE_MODEL_TARGETS = r"model\.language_model\.layers\.\d+\.self_attn\.(q|v)_proj"
+
+
+def test_adapter_weights_and_fuse_scale_weigh_the_language_model_lora(plain_adapter):
+    base = t2i(tiny_pipeline(0))
+    pipe = tiny_pipeline(0)
+    pipe.load_lora_weights(plain_adapter, adapter_name="plain")
+    full = t2i(pipe)
+    pipe.set_adapters("plain", adapter_weights=0.0)
+    torch.testing.assert_close(t2i(pipe), base, rtol=0, atol=1e-6)
+    pipe.set_adapters("plain", adapter_weights=0.5)
+    half = t2i(pipe)
+    assert not torch.allclose(half, base) and not torch.allclose(half, full)
+    pipe.set_adapters("plain")
+    pipe.fuse_lora(lora_scale=0.5)
+    torch.testing.assert_close(t2i(pipe), half, rtol=0, atol=1e-4)
+
+
+def test_load_lora_weights_from_a_hub_id_downloads_the_adapter(plain_adapter, monkeypatch):
+    import dreamllm.pipelines.pipeline_dreamllm as pipeline_module
+
+    calls = []
+    monkeypatch.setattr(pipeline_module, "snapshot_download",
+                        lambda repo_id, **kwargs: calls.append((repo_id, kwargs)) or str(plain_adapter))
+    pipe = tiny_pipeline(0)
+    pipe.load_lora_weights("someone/dreamllm-lora", revision="main")
+    assert calls == [("someone/dreamllm-lora", {"revision": "main"})]
+    assert pipe.get_list_adapters() == {"model": ["default"]}

@@ -3,6 +3,7 @@ low_cpu_mem_usage, quantization_config) for a folder and a Hub id alike, refuses
 and save_pretrained writes the variant, shards and format it is asked for."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -109,8 +110,9 @@ def test_device_map_places_every_component(original, saved, device_map):
     pipe = DreamLLMPipeline.from_pretrained(saved, device_map=device_map)
     assert {getattr(pipe, name).device.type for name in ("model", "unet", "vae")} == {"cpu"}
     assert_same_weights(pipe, original)
-    if device_map == "cpu":
-        assert pipe.hf_device_map == {"model": "cpu", "unet": "cpu", "vae": "cpu"}
+    assert pipe.hf_device_map == ("cpu" if device_map == "cpu" else None)  # "balanced" without accelerators: none
+    pipe.reset_device_map()
+    assert pipe.hf_device_map is None
 
 
 def test_low_cpu_mem_usage_either_way_loads_the_same_weights(original, saved):
@@ -129,6 +131,7 @@ def test_low_cpu_mem_usage_either_way_loads_the_same_weights(original, saved):
         ({"dtype": torch.float16, "torch_dtype": torch.float16}, TypeError, "dtype or torch_dtype, not both"),
         ({"device_map": "auto"}, ValueError, "device_map 'auto' is not supported; use one of balanced"),
         ({"device_map": "cpu", "low_cpu_mem_usage": False}, ValueError, "low_cpu_mem_usage=False cannot be combined"),
+        ({"max_memory": {"cpu": "1GB"}}, ValueError, "max_memory bounds the devices of a device_map"),
         ({"quantization_config": {"load_in_8bit": True}}, TypeError, "quantization_config must be a diffusers "
                                                                     "PipelineQuantizationConfig"),
         ({"use_safetensors": False}, ValueError, "safetensors only"),
@@ -164,3 +167,90 @@ def test_hub_id_takes_the_same_options_and_downloads_with_only_the_download_ones
     with pytest.raises(TypeError, match="unsupported argument\\(s\\): proxy"):
         DreamLLMPipeline.from_pretrained("someone/dreamllm-tiny", proxy="http://x")
     assert len(calls) == 1  # refused before any download
+
+
+@pytest.mark.parametrize("option, expected", [([], torch.bfloat16), (["--dtype", "float32"], torch.float32)])
+def test_generate_command_loads_the_saved_dtype_or_the_one_asked_for(tmp_path, monkeypatch, option, expected):
+    from dreamllm.cli import main
+
+    folder = tmp_path / "bf16"
+    tiny_pipeline(seed=1).to(torch.bfloat16).save_pretrained(folder)
+    loaded = []
+    load = DreamLLMPipeline.from_pretrained.__func__
+    monkeypatch.setattr(DreamLLMPipeline, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: loaded.append(load(cls, *args, **kwargs)) or loaded[-1]))
+    code = main(["generate", "Hi", "--model", str(folder), "--output", str(tmp_path / "out"), "--steps", "1",
+                 "--max-new-tokens", "2", "--max-images", "0", *option])
+    assert code == 0 and set(dtypes(loaded[0]).values()) == {expected}
+
+
+def test_generate_command_refuses_an_unknown_dtype(capsys):
+    from dreamllm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "Hi", "--dtype", "float8"])
+    assert exit_.value.code == 2 and "argument --dtype: invalid choice: 'float8'" in capsys.readouterr().err
+
+
+def truncate(relative_path):
+    def damage(folder):
+        path = folder / relative_path
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return damage
+
+
+def write(relative_path, text):
+    return lambda folder: (folder / relative_path).write_text(text)
+
+
+def remove(relative_path):
+    return lambda folder: shutil.rmtree(folder / relative_path) if (folder / relative_path).is_dir() else (
+        folder / relative_path).unlink()
+
+
+@pytest.mark.parametrize(
+    "damage, error, message",
+    [
+        (truncate("model.safetensors"), ValueError, r"model.safetensors is damaged \(a truncated or corrupt"),
+        (truncate("unet/diffusion_pytorch_model.safetensors"), ValueError,
+         r"unet/diffusion_pytorch_model.safetensors is damaged"),
+        (remove("unet/diffusion_pytorch_model.safetensors"), FileNotFoundError,
+         r"unet holds no \*.safetensors weights for the unet component"),
+        (remove("model.safetensors"), FileNotFoundError, r"holds no \*.safetensors weights for the model component"),
+        (remove("unet"), FileNotFoundError, r"has no unet/ folder: a saved DreamLLMPipeline holds unet/, vae/ and "
+                                            r"scheduler/"),
+        (remove("vae/config.json"), FileNotFoundError, r"has no vae/ config.json in its folder"),
+        (remove("scheduler"), FileNotFoundError, r"has no scheduler/ folder"),
+        (write("tokenizer.json", "{not json"), ValueError, r"tokenizer.json is not valid JSON"),
+        (write("unet/config.json", "{"), ValueError, r"unet/config.json is not valid JSON"),
+        (write("config.json", "[]"), ValueError, r"config.json holds a JSON list, not an object"),
+        (write("scheduler/scheduler_config.json", "\xff"), ValueError, r"scheduler_config.json is not valid JSON"),
+    ],
+    ids=["truncated-model", "truncated-unet", "unet-weights-missing", "model-weights-missing", "unet-folder-missing",
+         "vae-config-missing", "scheduler-folder-missing", "broken-tokenizer", "broken-unet-config",
+         "config-not-an-object", "broken-scheduler-config"],
+)
+def test_damaged_folders_are_refused_naming_the_file(saved, tmp_path, damage, error, message):
+    folder = tmp_path / "damaged"
+    shutil.copytree(saved, folder)
+    damage(folder)
+    with pytest.raises(error, match=message):
+        DreamLLMPipeline.from_pretrained(folder)
+
+
+def test_balanced_device_map_spreads_whole_components_by_size(saved, monkeypatch):
+    """With two accelerators, the biggest component goes to the one with most memory, the next to the other, as
+    diffusers' "balanced" assigns; a component bigger than the accelerator stays on the CPU (unassigned components load
+    there)."""
+    import dreamllm.pipelines.loading as loading
+
+    folders = {"model": saved, "unet": saved / "unet", "vae": saved / "vae"}
+    sizes = {name: loading.weights_size(folder, None) for name, folder in folders.items()}
+    biggest, second, third = sorted(sizes, key=sizes.get, reverse=True)
+    monkeypatch.setattr(loading, "get_max_memory", lambda max_memory=None: {0: 10**9, 1: 10**8, "cpu": 10**10})
+    devices = loading.LoadingOptions(device_map="balanced").component_devices(folders)
+    assert devices[biggest] == 0 and devices[second] == 1 and devices[third] == 1
+    monkeypatch.setattr(loading, "get_max_memory", lambda max_memory=None: {0: sizes[third] + 1, "cpu": 10**10})
+    devices = loading.LoadingOptions(device_map="balanced").component_devices(folders)
+    assert [devices.get(name, "cpu") for name in (biggest, second, third)] == ["cpu", "cpu", 0]

@@ -4,6 +4,7 @@ construction. The pipeline's properties hold after every call."""
 import numpy as np
 import pytest
 import torch
+from drawing import draw_first
 from diffusers import (
     DDIMScheduler,
     DDPMWuerstchenScheduler,
@@ -30,14 +31,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def pipe():
-    pipe = tiny_pipeline(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def draw_first(pipe):
-    """Settings that make the tiny random model draw one image first."""
-    return {"sequence_bias": {(pipe.model.config.dream_start_token_id,): 50.0}, "max_images": 1, "max_new_tokens": 3}
+    return tiny_pipeline(seed=0)
 
 
 @pytest.mark.parametrize(
@@ -78,13 +72,21 @@ def test_schedulers_the_unet_cannot_use_are_refused_at_assignment_and_constructi
         DreamLLMPipeline(**{**pipe.components, "scheduler": scheduler})
 
 
+def test_a_scheduler_set_around_the_check_is_refused_at_call(monkeypatch):
+    pipe = tiny_pipeline(seed=0)
+    monkeypatch.setitem(pipe.__dict__, "scheduler", FlowMatchEulerDiscreteScheduler())
+    for call in (lambda: pipe.text_to_image("a cat", num_inference_steps=1), lambda: pipe("hi", max_new_tokens=1)):
+        with pytest.raises(TypeError, match="FlowMatchEulerDiscreteScheduler cannot drive DreamLLM's UNet"):
+            call()
+
+
 def test_properties_are_defined_before_and_after_every_call(pipe):
     fresh = tiny_pipeline(seed=0)
     assert (fresh.num_timesteps, fresh.guidance_scale, fresh.interrupt) == (0, 1.0, False)
     pipe("hi", max_images=0, max_new_tokens=2, guidance_scale=3.0)
     assert (pipe.num_timesteps, pipe.guidance_scale, pipe.do_classifier_free_guidance, pipe.interrupt) == (
         0, 3.0, True, False)
-    pipe("hi", num_inference_steps=STEPS, guidance_scale=1.0, **draw_first(pipe))
+    pipe("hi", num_inference_steps=STEPS, guidance_scale=1.0, **draw_first(pipe, max_images=1, max_new_tokens=3))
     assert (pipe.num_timesteps, pipe.do_classifier_free_guidance) == (STEPS, False)
     pipe.text_to_image("a cat", num_inference_steps=3, output_type="latent")
     assert pipe.num_timesteps == 3

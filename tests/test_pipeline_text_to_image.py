@@ -200,7 +200,7 @@ def test_any_diffusers_scheduler_draws(pipe, scheduler_class):
     "arguments, message",
     [
         ({"num_inference_steps": 0}, "num_inference_steps must be a whole number >= 1"),
-        ({"guidance_scale": -0.5}, "guidance_scale must be a number >= 0"),
+        ({"guidance_scale": -0.5}, "guidance_scale must be a finite number >= 0"),
         ({"height": 30}, "height must be a positive multiple of the VAE scale factor 4"),
         ({"width": 33}, "width must be a positive multiple"),
         ({"prompt": "word " * 600}, "model reads at most 512 positions"),

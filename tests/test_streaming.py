@@ -11,6 +11,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
+from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.pipelines.streaming import (
     DocumentDone,
     ImageDone,
@@ -158,7 +159,7 @@ def test_breaking_out_stops_the_work_and_frees_the_cache(pipe):
     caches = []
 
     def remember_cache(module, args, kwargs):
-        caches.append(weakref.ref(kwargs["past_key_values"]))
+        caches.append(weakref.ref(kwargs[CACHE_ARGUMENT]))
 
     handle = pipe.model.register_forward_pre_hook(remember_cache, with_kwargs=True)
     try:
@@ -184,7 +185,7 @@ def test_breaking_out_stops_the_work_and_frees_the_cache(pipe):
 def test_closing_the_generator_frees_the_cache(pipe):
     caches = []
     handle = pipe.model.register_forward_pre_hook(
-        lambda module, args, kwargs: caches.append(weakref.ref(kwargs["past_key_values"])), with_kwargs=True
+        lambda module, args, kwargs: caches.append(weakref.ref(kwargs[CACHE_ARGUMENT])), with_kwargs=True
     )
     try:
         events = pipe.stream("Tell a story", **settings(pipe, ()))
