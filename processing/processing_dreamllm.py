@@ -1,6 +1,6 @@
 """Processor of DreamLLM: the Llama tokenizer plus the CLIP image processor, with DreamLLM's image and dream blocks."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
@@ -38,13 +38,20 @@ VICUNA_V1_1_CHAT_TEMPLATE = (
 )
 
 
+def find_reserved_tokens(text: str, reserved_tokens: Iterable[str]) -> list[str]:
+    """The tokens of `reserved_tokens` that `text` holds literally, in the order of `reserved_tokens`."""
+    return [token for token in reserved_tokens if token in text]
+
+
 class DreamLLMProcessor(ProcessorMixin):
     r"""
     Prepares interleaved text and images for [`DreamLLMForCausalLM`] and turns generated ids back into documents.
 
     In the text, `<image>` marks an input image: it becomes `<im_start>` + `num_image_tokens` x `<im_patch>` +
     `<im_end>`, and the image goes through the CLIP image processor. `<dream>` marks an image for the model to draw:
-    it becomes `<dream_start>` + `num_dream_queries` x `<im_patch>` + `<dream_end>`.
+    it becomes `<dream_start>` + `num_dream_queries` x `<im_patch>` + `<dream_end>`. Only these expansions write
+    block tokens: text that holds `<im_patch>`, `<im_start>`, `<im_end>`, `<dream_start>` or `<dream_end>` itself is
+    refused with a `ValueError` (see [`~DreamLLMProcessor.check_text`]).
 
     Args:
         image_processor ([`CLIPImageProcessor`]):
@@ -89,12 +96,55 @@ class DreamLLMProcessor(ProcessorMixin):
             [`BatchFeature`] with `input_ids`, `attention_mask` and, when images are given, `pixel_values`.
 
         Raises:
-            `ValueError`: when the number of images differs from the number of `<image>` placeholders.
+            `TypeError`: when `text` is not a string or a list of strings.
+            `ValueError`: when the number of images differs from the number of `<image>` placeholders, or when the
+                text holds a block token (see [`~DreamLLMProcessor.check_text`]).
         """
         if text is not None:
-            text = [text] if isinstance(text, str) else list(text)
+            text = self.text_samples(text)
+            for index, sample in enumerate(text):
+                self.check_text(sample, f"text[{index}]")
             text = [self.expand_dream_placeholders(sample) for sample in text]
         return super().__call__(images=images, text=text, **kwargs)
+
+    @staticmethod
+    def text_samples(text) -> list[str]:
+        """`text` (a string or a list of strings) as a list of strings; a `TypeError` naming a wrong entry."""
+        samples = [text] if isinstance(text, str) else text
+        if not isinstance(samples, (list, tuple)):
+            raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, str):
+                raise TypeError(f"text[{index}] must be a string, got {type(sample).__name__}")
+        return list(samples)
+
+    @property
+    def block_tokens(self) -> tuple[str, ...]:
+        """The tokens that only the processor writes, as parts of image and dream blocks."""
+        tokenizer = self.tokenizer
+        return (
+            tokenizer.image_patch_token,
+            tokenizer.image_start_token,
+            tokenizer.image_end_token,
+            tokenizer.dream_start_token,
+            tokenizer.dream_end_token,
+        )
+
+    def check_text(self, text: str, argument: str = "text") -> None:
+        """
+        Refuses `text` (called `argument` in the error) when it holds a block token: typed by a user, it would reach
+        the model as a reserved id and break the layout of image and dream blocks.
+
+        Raises:
+            `ValueError`: naming the block tokens found.
+        """
+        found = find_reserved_tokens(text, self.block_tokens)
+        if found:
+            raise ValueError(
+                f"{argument} holds the reserved token(s) {', '.join(found)}, which only the processor writes; "
+                f"mark an input image with {self.tokenizer.image_token} and an image to draw with "
+                f"{self.tokenizer.dream_token}"
+            )
 
     @property
     def image_block(self) -> str:
@@ -187,4 +237,4 @@ class DreamLLMProcessor(ProcessorMixin):
         return position
 
 
-__all__ = ["DreamLLMProcessor", "VICUNA_V1_1_CHAT_TEMPLATE", "VICUNA_V1_1_SYSTEM_MESSAGE"]
+__all__ = ["DreamLLMProcessor", "find_reserved_tokens", "VICUNA_V1_1_CHAT_TEMPLATE", "VICUNA_V1_1_SYSTEM_MESSAGE"]

@@ -131,3 +131,74 @@ def test_processor_on_the_released_tokenizer_reproduces_the_original_ids_and_pix
     images = [Image.open(official_tiny / "inputs" / f"image_{i}.png").convert("RGB") for i in range(2)]
     pixel_values = torch.cat([processor.image_processor(image, return_tensors="pt")["pixel_values"] for image in images])
     assert (pixel_values - golden_pixels).abs().max().item() <= 1e-6
+
+
+BLOCK_TOKENS = ["<im_patch>", "<im_start>", "<im_end>", "<dream_start>", "<dream_end>"]
+
+
+@pytest.mark.parametrize(
+    "text, num_images",
+    [
+        ("<image><im_patch> What is it?", 1),
+        ("hello <dream_start> world", 0),
+        ("a <dream_end>", 0),
+        ("<im_start>", 0),
+        ("look <image> then <im_end> here", 1),
+        ("<dream> and <im_patch><im_patch>", 0),
+        ("<IMAGE> is fine but <dream_start><dream_end> is not", 0),
+    ],
+)
+def test_text_holding_block_tokens_is_refused_naming_the_token(processor, text, num_images):
+    found = [token for token in BLOCK_TOKENS if token in text]
+    with pytest.raises(ValueError, match=r"text\[0\] holds the reserved token\(s\) " + ", ".join(found)) as error:
+        processor(text=text, images=[gradient_image()] * num_images or None)
+    assert "<image>" in str(error.value) and "<dream>" in str(error.value)
+
+
+def test_block_tokens_in_any_sample_or_chat_message_are_refused(processor):
+    with pytest.raises(ValueError, match=r"text\[1\] holds the reserved token\(s\) <im_patch>"):
+        processor(text=["fine", "not <im_patch> fine"])
+    messages = [{"role": "user", "content": [{"type": "text", "text": "draw <dream_start> now"}]}]
+    with pytest.raises(ValueError, match="<dream_start>"):
+        processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+
+
+def test_pipeline_prompt_with_block_tokens_is_refused():
+    from dreamllm.testing import tiny_pipeline
+
+    with pytest.raises(ValueError, match="<im_patch>"):
+        tiny_pipeline()("Show me <im_patch> a red circle.", max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [(5, "text must be a string or a list of strings, got int"), (["a", None], r"text\[1\] must be a string, got NoneType"),
+     ([["pre", "tokenized"]], r"text\[0\] must be a string, got list")],
+)
+def test_text_of_the_wrong_type_is_refused_naming_the_argument(processor, text, error):
+    with pytest.raises(TypeError, match=error):
+        processor(text=text)
+
+
+def test_random_texts_give_consistent_blocks_or_a_clear_error(processor):
+    """Over many random mixes of words, placeholders and block tokens: the patch count always matches, or it fails."""
+    tokenizer = processor.tokenizer
+    rng = np.random.default_rng(0)
+    pieces = ["cat", " ", "draw", "<image>", "<dream>", "\n", "<s>", "</s>", "<im", "patch>", *BLOCK_TOKENS]
+    num_checked = num_refused = 0
+    for _ in range(300):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(1, 8))))
+        num_images, num_dreams = text.count("<image>"), text.count("<dream>")
+        images = [gradient_image()] * num_images or None
+        if any(token in text for token in BLOCK_TOKENS):
+            with pytest.raises(ValueError, match="reserved token"):
+                processor(text=text, images=images)
+            num_refused += 1
+            continue
+        ids = processor(text=text, images=images)["input_ids"][0]
+        expected = num_images * processor.num_image_tokens + num_dreams * processor.num_dream_queries
+        assert ids.count(tokenizer.image_patch_token_id) == expected, text
+        assert ids.count(tokenizer.image_start_token_id) == num_images, text
+        assert ids.count(tokenizer.dream_start_token_id) == num_dreams, text
+        num_checked += 1
+    assert num_checked > 50 and num_refused > 50

@@ -37,6 +37,7 @@ import PIL.Image
 import torch
 
 from dreamllm.processing import DreamLLMProcessor
+from dreamllm.processing.processing_dreamllm import find_reserved_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class DocumentEncoder:
 
     def check_reserved_tokens(self, text: str):
         """Raises a [`DocumentError`] when `text` holds special tokens, which would break the document's layout."""
-        found = [token for token in self.reserved_tokens if token in text]
+        found = find_reserved_tokens(text, self.reserved_tokens)
         if found:
             raise DocumentError("special token in text", f"{found} (give images as image segments or items)")
 
