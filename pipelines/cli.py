@@ -4,9 +4,9 @@ import argparse
 import html
 from pathlib import Path
 
-import PIL.Image
 import torch
 
+from dreamllm.processing.images import open_image
 from .pipeline_dreamllm import DreamLLMPipeline
 
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -86,15 +86,6 @@ def write_document(document: list, folder: Path, title: str) -> None:
         encoding="utf-8",
     )
     (folder / "document.md").write_text("\n\n".join(markdown_parts) + "\n", encoding="utf-8")
-
-
-def open_image(path: Path) -> PIL.Image.Image:
-    """Opens an image as RGB, with a one-line error naming the file when it cannot be read."""
-    try:
-        with PIL.Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise OSError(f"cannot read image {path}: {error}") from error
 
 
 def whole_number(minimum: int):

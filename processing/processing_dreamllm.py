@@ -8,6 +8,8 @@ from transformers.image_utils import ImageInput
 from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 
+from .images import prepare_images
+
 # Vicuna v1.1, the conversation format of DreamLLM's instruction tuning: "<system> USER: <msg> ASSISTANT: <msg></s>".
 # Images a user shows are `<image>` placeholders (the processor expands them); images the assistant draws are
 # `<dream>` placeholders.
@@ -91,12 +93,14 @@ class DreamLLMProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """
         Tokenizes `text` with `<image>` and `<dream>` expanded, and prepares `images` (one per `<image>`, in order).
+        16-bit greyscale images are scaled to 8 bit and 2-D greyscale arrays get three channels (see
+        [`~processing.images.prepare_images`]).
 
         Returns:
             [`BatchFeature`] with `input_ids`, `attention_mask` and, when images are given, `pixel_values`.
 
         Raises:
-            `TypeError`: when `text` is not a string or a list of strings.
+            `TypeError`: when `text` is not a string or a list of strings, or an image is `None`.
             `ValueError`: when the number of images differs from the number of `<image>` placeholders, or when the
                 text holds a block token (see [`~DreamLLMProcessor.check_text`]).
         """
@@ -105,6 +109,8 @@ class DreamLLMProcessor(ProcessorMixin):
             for index, sample in enumerate(text):
                 self.check_text(sample, f"text[{index}]")
             text = [self.expand_dream_placeholders(sample) for sample in text]
+        if images is not None:
+            images = prepare_images(images)
         return super().__call__(images=images, text=text, **kwargs)
 
     @staticmethod

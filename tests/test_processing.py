@@ -202,3 +202,67 @@ def test_random_texts_give_consistent_blocks_or_a_clear_error(processor):
         assert ids.count(tokenizer.dream_start_token_id) == num_dreams, text
         num_checked += 1
     assert num_checked > 50 and num_refused > 50
+
+
+def sixteen_bit_ramp(mode):
+    """A 16-bit greyscale ramp over 0-65535 as a PIL image of `mode`, and its expected 8-bit RGB reading."""
+    levels = np.linspace(0, 65535, 30 * 20).reshape(20, 30).astype(np.uint16)
+    image = Image.fromarray(levels if mode == "I;16" else levels.astype(np.int32))
+    grey = np.rint(levels / 257).astype(np.uint8)
+    return image, Image.fromarray(np.stack([grey] * 3, -1))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_sixteen_bit_images_are_scaled_to_eight_bits(processor, mode):
+    image, expected = sixteen_bit_ramp(mode)
+    assert image.mode == mode
+    assert (np.asarray(image.convert("RGB")) == 255).mean() > 0.99  # PIL's conversion alone clips it to white
+    pixel_values = processor(text="<image>", images=[image], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixel_values, processor(text="<image>", images=[expected], return_tensors="pt")["pixel_values"])
+    assert pixel_values.std() > 0.1
+
+
+def test_two_dimensional_greyscale_arrays_are_read_as_greyscale(processor):
+    grey = np.asarray(gradient_image("L"))
+    expected = processor(text="<image>", images=[gradient_image("L")], return_tensors="pt")["pixel_values"]
+    for image in (grey, torch.from_numpy(grey.copy())):
+        pixel_values = processor(text="<image>", images=[image], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(pixel_values, expected)
+
+
+@pytest.mark.parametrize(
+    "images, error, message",
+    [
+        ([None], TypeError, r"images\[0\] is None"),
+        ([gradient_image(), None], TypeError, r"images\[1\] is None"),
+        ([np.zeros(5, np.uint8)], ValueError, r"images\[0\] has shape \(5,\); an image is"),
+        ([np.zeros((1, 1, 1, 1, 9), np.uint8)], ValueError, r"images\[0\] has shape \(1, 1, 1, 1, 9\)"),
+    ],
+)
+def test_bad_images_get_one_line_errors_naming_the_entry(processor, images, error, message):
+    with pytest.raises(error, match=message) as raised:
+        processor(text="<image>" * len(images), images=images)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_decompression_bomb_is_an_oserror_naming_the_file(tmp_path, monkeypatch, capsys):
+    from dreamllm.cli import main
+    from dreamllm.processing.images import open_image
+
+    path = tmp_path / "bomb.png"
+    gradient_image().save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 600-pixel picture is then over twice the limit
+    with pytest.raises(OSError, match=f"cannot read image {path}: it is too large"):
+        open_image(path)
+    code = main(["generate", "A prompt", "--image", str(path), "--output", str(tmp_path / "out")])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(errors) == 1 and "too large" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_opening_sixteen_bit_files_scales_them(tmp_path):
+    from dreamllm.processing.images import open_image
+
+    image, expected = sixteen_bit_ramp("I;16")
+    image.save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "deep.png")), np.asarray(expected))
