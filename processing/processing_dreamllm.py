@@ -1,7 +1,10 @@
 """Processor of DreamLLM: the Llama tokenizer plus the CLIP image processor, with DreamLLM's image and dream blocks."""
 
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+from tokenizers import Tokenizer
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import ImageInput
@@ -9,6 +12,17 @@ from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 
 from .images import prepare_images
+from .tokenization_dreamllm import _read_json
+
+# The files of a saved processor that are JSON, beside `tokenizer.json` (which must also be a `tokenizers` file).
+PROCESSOR_JSON_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "chat_template.json",
+)
 
 # Vicuna v1.1, the conversation format of DreamLLM's instruction tuning: "<system> USER: <msg> ASSISTANT: <msg></s>".
 # Images a user shows are `<image>` placeholders (the processor expands them); images the assistant draws are
@@ -43,6 +57,27 @@ VICUNA_V1_1_CHAT_TEMPLATE = (
 def find_reserved_tokens(text: str, reserved_tokens: Iterable[str]) -> list[str]:
     """The tokens of `reserved_tokens` that `text` holds literally, in the order of `reserved_tokens`."""
     return [token for token in reserved_tokens if token in text]
+
+
+def check_processor_files(folder: str | os.PathLike) -> None:
+    """
+    Reads the processor files of a local `folder` before transformers does: each JSON file present parses, and
+    `tokenizer.json` is a `tokenizers` file.
+
+    Raises:
+        `ValueError`: naming the damaged file and what is wrong with it.
+    """
+    folder = Path(folder)
+    for name in PROCESSOR_JSON_FILES:
+        if (folder / name).is_file():
+            _read_json(folder / name)
+    tokenizer_file = folder / "tokenizer.json"
+    if tokenizer_file.is_file():
+        _read_json(tokenizer_file)
+        try:
+            Tokenizer.from_file(str(tokenizer_file))
+        except Exception as error:  # tokenizers raises a bare `Exception` for a file it cannot read
+            raise ValueError(f"{tokenizer_file} is not a tokenizers file: {error}") from error
 
 
 class DreamLLMProcessor(ProcessorMixin):
@@ -84,6 +119,19 @@ class DreamLLMProcessor(ProcessorMixin):
         self.image_token = tokenizer.image_token
         self.image_token_id = tokenizer.image_token_id
         super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_V1_1_CHAT_TEMPLATE)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DreamLLMProcessor":
+        """
+        As [`~transformers.ProcessorMixin.from_pretrained`]; the files of a local folder are checked first.
+
+        Raises:
+            `ValueError`: naming a damaged file of the folder (see [`check_processor_files`]).
+        """
+        folder = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
+        if folder.is_dir():
+            check_processor_files(folder)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __call__(
         self,
@@ -243,4 +291,10 @@ class DreamLLMProcessor(ProcessorMixin):
         return position
 
 
-__all__ = ["DreamLLMProcessor", "find_reserved_tokens", "VICUNA_V1_1_CHAT_TEMPLATE", "VICUNA_V1_1_SYSTEM_MESSAGE"]
+__all__ = [
+    "DreamLLMProcessor",
+    "VICUNA_V1_1_CHAT_TEMPLATE",
+    "VICUNA_V1_1_SYSTEM_MESSAGE",
+    "check_processor_files",
+    "find_reserved_tokens",
+]
