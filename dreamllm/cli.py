@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "generate": ("dreamllm.pipelines.cli", "Write a document of text and images from a prompt."),
     "convert": ("dreamllm.conversion.cli", "Convert an original DreamLLM release into the Hugging Face layout."),
     "train": ("dreamllm.training.cli", "Train or LoRA-fine-tune DreamLLM on JSON Lines documents."),
+    "evaluate": ("dreamllm.evaluation.cli", "Score a model on a benchmark (VQA, captions, POPE, MMBench, FID)."),
 }
 USER_ERRORS = (ValueError, OSError)
 

@@ -8,8 +8,10 @@ positions receive the learned dream queries, and the final-norm hidden states at
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModel, GenerationMixin, LlamaModel, PreTrainedModel
 from transformers import initialization as init
@@ -22,6 +24,12 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_dreamllm import DreamLLMConfig
+from .loading_checks import (
+    CheckpointError,
+    incomplete_checkpoint_error,
+    shape_mismatch_error,
+    unreadable_weights_error,
+)
 
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 """The name transformers gives the key/value cache in forward arguments and outputs: "past_key_values" up to 5.23,
@@ -145,6 +153,60 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """
+        `PreTrainedModel.from_pretrained`, with clear errors for damaged checkpoints: a weight file that cannot be read
+        or a tensor of the wrong shape is named, and a checkpoint that lacks a DreamLLM tensor or holds one the model
+        does not have is refused (transformers would log it and leave random weights). With
+        `output_loading_info=True` the model loads as transformers loads it and the report is returned to inspect.
+
+        Raises:
+            `CheckpointError` (a `ValueError`): naming the file or tensors and what is wrong with them.
+        """
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        folder = Path(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        local_folder = folder if folder is not None and folder.is_dir() else None
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:
+            if local_folder is None:
+                raise
+            raise unreadable_weights_error(local_folder, error) from error
+        except RuntimeError as error:
+            mismatch = local_folder is not None and cls.shape_mismatch_in(local_folder, kwargs.get("config"))
+            if not mismatch:
+                raise
+            raise mismatch from error
+        if wants_loading_info:
+            return model, loading_info
+        if pretrained_model_name_or_path is not None:
+            incomplete = incomplete_checkpoint_error(
+                str(pretrained_model_name_or_path), loading_info["missing_keys"], loading_info["unexpected_keys"]
+            )
+            if incomplete is not None:
+                raise incomplete
+        return model
+
+    @classmethod
+    def shape_mismatch_in(cls, folder: Path, config: DreamLLMConfig | None) -> CheckpointError | None:
+        """The error naming a tensor of `folder` whose shape the model (as its config describes it) cannot take."""
+        config = config if isinstance(config, DreamLLMConfig) else DreamLLMConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            expected_shapes = {name: tuple(tensor.shape) for name, tensor in cls(config).state_dict().items()}
+        return shape_mismatch_error(folder, expected_shapes)
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """
+        Only code loaded from the Hub counts as custom: DreamLLM initializes through `transformers.initialization`, as
+        transformers' own models do, so missing weights of the vision tower get CLIP's own initialization (its
+        attention and MLP blocks, which hold no parameters of their own, are not skipped).
+        """
+        return cls.is_remote_code()
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, DreamQueries):
@@ -153,6 +215,8 @@ class DreamLLMPreTrainedModel(PreTrainedModel):
 
 class DreamLLMModel(DreamLLMPreTrainedModel):
     """The DreamLLM backbone: vision tower + vision projector, Llama, dream queries and dream projector."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]  # the head of a DreamLLMForCausalLM checkpoint
 
     def __init__(self, config: DreamLLMConfig):
         super().__init__(config)
