@@ -793,6 +793,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
 
     def string_prompt(self, prompt: str, images: list, use_chat_template: bool) -> tuple[str, list]:
         """A string prompt and its images as prompt text: placeholders filled, or images shown before the text."""
+        self.processor.check_text(prompt, "prompt")
         num_placeholders = prompt.count(self.processor.image_token)
         if num_placeholders and num_placeholders != len(images):
             raise ValueError(

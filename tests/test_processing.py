@@ -166,8 +166,16 @@ def test_block_tokens_in_any_sample_or_chat_message_are_refused(processor):
 def test_pipeline_prompt_with_block_tokens_is_refused():
     from dreamllm.testing import tiny_pipeline
 
-    with pytest.raises(ValueError, match="<im_patch>"):
-        tiny_pipeline()("Show me <im_patch> a red circle.", max_new_tokens=2)
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match=r"prompt holds the reserved token\(s\) <im_patch>"):
+        pipe("Show me <im_patch> a red circle.", max_new_tokens=2)
+    for use_chat_template in (True, False):
+        with pytest.raises(ValueError, match="<dream_end>"):
+            pipe(["fine", "a <dream_end>"], max_new_tokens=2, use_chat_template=use_chat_template)
+    with pytest.raises(ValueError, match="<im_start>"):
+        pipe([{"role": "user", "content": "see <im_start>"}], max_new_tokens=2)
+    with pytest.raises(ValueError, match="<im_end>"):
+        pipe.text_to_image("a red circle", negative_prompt="an <im_end>", num_inference_steps=1)
 
 
 @pytest.mark.parametrize(
