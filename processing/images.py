@@ -39,11 +39,13 @@ def open_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
 
 def prepare_images(images, argument: str = "images"):
     """
-    `images` (one image, or nested lists of them) ready for the CLIP image processor: PIL images in RGB (see
-    [`image_to_rgb`]), 2-D greyscale arrays and tensors repeated to three channels, the rest unchanged.
+    `images` (one image, or nested lists of them) ready for the CLIP image processor: PIL images and image files in
+    RGB (see [`image_to_rgb`] and [`open_image`]), 2-D greyscale arrays and tensors repeated to three channels, other
+    arrays and URLs unchanged.
 
     Raises:
-        `TypeError`: naming the entry (`images[1]`) that is `None`.
+        `TypeError`: naming the entry (`images[1]`) that is `None` or of another type.
+        `OSError`: naming an image file that cannot be read.
         `ValueError`: naming an array or tensor entry that has no image shape.
     """
     if isinstance(images, (list, tuple)):
@@ -54,7 +56,13 @@ def prepare_images(images, argument: str = "images"):
         return image_to_rgb(images)
     if isinstance(images, (np.ndarray, torch.Tensor)):
         return _array_with_channels(images, argument)
-    return images
+    if isinstance(images, os.PathLike) or (isinstance(images, str) and os.path.isfile(images)):
+        return open_image(images)
+    if isinstance(images, str):
+        return images  # a URL or base64 image, which transformers loads
+    raise TypeError(
+        f"{argument} must be a PIL image, a numpy array, a torch tensor or a path, got {type(images).__name__}"
+    )
 
 
 def _array_with_channels(array: np.ndarray | torch.Tensor, argument: str) -> np.ndarray | torch.Tensor:

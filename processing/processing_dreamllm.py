@@ -149,8 +149,8 @@ class DreamLLMProcessor(ProcessorMixin):
 
         Raises:
             `TypeError`: when `text` is not a string or a list of strings, or an image is `None`.
-            `ValueError`: when the number of images differs from the number of `<image>` placeholders, or when the
-                text holds a block token (see [`~DreamLLMProcessor.check_text`]).
+            `ValueError`: when the number of images differs from the number of `<image>` placeholders, `text` is an
+                empty list, or the text holds a block token (see [`~DreamLLMProcessor.check_text`]).
         """
         if text is not None:
             text = self.text_samples(text)
@@ -167,6 +167,8 @@ class DreamLLMProcessor(ProcessorMixin):
         samples = [text] if isinstance(text, str) else text
         if not isinstance(samples, (list, tuple)):
             raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+        if not samples:
+            raise ValueError("text is an empty list; give a string or a list of strings")
         for index, sample in enumerate(samples):
             if not isinstance(sample, str):
                 raise TypeError(f"text[{index}] must be a string, got {type(sample).__name__}")

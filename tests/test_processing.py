@@ -181,7 +181,7 @@ def test_pipeline_prompt_with_block_tokens_is_refused():
 @pytest.mark.parametrize(
     "text, error",
     [(5, "text must be a string or a list of strings, got int"), (["a", None], r"text\[1\] must be a string, got NoneType"),
-     ([["pre", "tokenized"]], r"text\[0\] must be a string, got list")],
+     ([["pre", "tokenized"]], r"text\[0\] must be a string, got list"), ({"a": 1}, "got dict")],
 )
 def test_text_of_the_wrong_type_is_refused_naming_the_argument(processor, text, error):
     with pytest.raises(TypeError, match=error):
@@ -244,6 +244,7 @@ def test_two_dimensional_greyscale_arrays_are_read_as_greyscale(processor):
         ([None], TypeError, r"images\[0\] is None"),
         ([gradient_image(), None], TypeError, r"images\[1\] is None"),
         ([np.zeros(5, np.uint8)], ValueError, r"images\[0\] has shape \(5,\); an image is"),
+        ([gradient_image(), 5], TypeError, r"images\[1\] must be a PIL image, a numpy array, a torch tensor or a path, got int"),
         ([np.zeros((1, 1, 1, 1, 9), np.uint8)], ValueError, r"images\[0\] has shape \(1, 1, 1, 1, 9\)"),
     ],
 )
@@ -268,9 +269,18 @@ def test_a_decompression_bomb_is_an_oserror_naming_the_file(tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()
 
 
-def test_opening_sixteen_bit_files_scales_them(tmp_path):
+def test_opening_sixteen_bit_files_scales_them(processor, tmp_path):
     from dreamllm.processing.images import open_image
 
     image, expected = sixteen_bit_ramp("I;16")
     image.save(tmp_path / "deep.png")
     np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "deep.png")), np.asarray(expected))
+    expected_pixels = processor(text="<image>", images=[expected], return_tensors="pt")["pixel_values"]
+    for path in (tmp_path / "deep.png", str(tmp_path / "deep.png")):
+        pixel_values = processor(text="<image>", images=[path], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(pixel_values, expected_pixels)
+
+
+def test_an_empty_text_list_is_refused(processor):
+    with pytest.raises(ValueError, match="text is an empty list"):
+        processor(text=[])
