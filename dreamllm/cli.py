@@ -1,4 +1,4 @@
-"""The `dreamllm` command: `generate`, `convert` and `train`.
+"""The `dreamllm` command: `generate`, `convert`, `train` and `demo`.
 
 Each subcommand lives beside the code it drives and exposes `add_arguments(parser)` and `run(args) -> int`. Errors a
 user can fix (bad input, missing files) are printed as one line and exit with status 2, without a traceback.
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "convert": ("dreamllm.conversion.cli", "Convert an original DreamLLM release into the Hugging Face layout."),
     "train": ("dreamllm.training.cli", "Train or LoRA-fine-tune DreamLLM on JSON Lines documents."),
     "evaluate": ("dreamllm.evaluation.cli", "Score a model on a benchmark (VQA, captions, POPE, MMBench, FID)."),
+    "demo": ("dreamllm.demo.cli", "Chat with DreamLLM in the browser: answers stream in, images drawn in place."),
 }
 USER_ERRORS = (ValueError, OSError)
 

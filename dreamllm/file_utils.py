@@ -11,7 +11,8 @@ new one exists. Folders are created with `mkdir`, so they get the permissions of
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,6 +123,30 @@ def commit_model_files(staging: Path, target: str | os.PathLike):
             replace_directory(entry, target / entry.name)
         else:
             os.replace(entry, target / entry.name)
+
+
+def write_file_atomically(target: str | os.PathLike, write: Callable[[Path], None]):
+    """
+    Calls `write(path)` on a temporary file beside `target`, then renames it to `target`: readers see the old file
+    or the complete new one, never a part. The temporary file is removed when `write` raises.
+    """
+    target = Path(target)
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    os.close(descriptor)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~current_umask())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def is_local_path(value: str) -> bool:

@@ -42,7 +42,7 @@ def free_port() -> int:
 
 def write_mixed_data(folder: Path) -> Path:
     """Documents in the order the sequential sampler deals them: each step, the processes get different kinds."""
-    from dreamllm.training import toy_world
+    from dreamllm import toy_world
 
     kinds = {kind: [json.loads(line) for line in toy_world.write_dataset(folder, kind, 8, seed=1).read_text().splitlines()]
              for kind in ("caption", "creation")}
