@@ -24,13 +24,13 @@ from huggingface_hub import HfApi, snapshot_download
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.generation.streamers import BaseStreamer
-from transformers.image_utils import load_image
 
 import diffusers
 from dreamllm.file_utils import atomic_directory, remove_local_origins
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
 from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.processing import DreamLLMProcessor
+from dreamllm.processing.images import load_image
 
 from .hub import pipeline_model_card
 from .interleaved import DocumentBatch, DocumentRow, DocumentRun, ForwardChunk

@@ -6,6 +6,7 @@ from typing import BinaryIO
 import numpy as np
 import PIL.Image
 import torch
+import transformers.image_utils
 
 # Integer greyscale modes PIL converts to RGB by clipping at 255 (white): their values span 0-65535 (16-bit PNG, TIFF).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -37,11 +38,23 @@ def open_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
         raise OSError(f"cannot read image {name}: {error}") from error
 
 
+def load_image(source: str | os.PathLike | PIL.Image.Image) -> PIL.Image.Image:
+    """
+    An image in RGB from a PIL image (see [`image_to_rgb`]), a local file (see [`open_image`]) or, for a string that
+    names no file, from what `transformers.image_utils.load_image` reads (a URL or a base64 image).
+    """
+    if isinstance(source, PIL.Image.Image):
+        return image_to_rgb(source)
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and os.path.isfile(source)):
+        return open_image(source)
+    return transformers.image_utils.load_image(source)
+
+
 def prepare_images(images, argument: str = "images"):
     """
-    `images` (one image, or nested lists of them) ready for the CLIP image processor: PIL images and image files in
-    RGB (see [`image_to_rgb`] and [`open_image`]), 2-D greyscale arrays and tensors repeated to three channels, other
-    arrays and URLs unchanged.
+    `images` (one image, or nested lists of them) ready for the CLIP image processor: PIL images, image files and
+    URLs in RGB (see [`image_to_rgb`] and [`load_image`]), 2-D greyscale arrays and tensors repeated to three
+    channels, other arrays unchanged.
 
     Raises:
         `TypeError`: naming the entry (`images[1]`) that is `None` or of another type.
@@ -56,10 +69,8 @@ def prepare_images(images, argument: str = "images"):
         return image_to_rgb(images)
     if isinstance(images, (np.ndarray, torch.Tensor)):
         return _array_with_channels(images, argument)
-    if isinstance(images, os.PathLike) or (isinstance(images, str) and os.path.isfile(images)):
-        return open_image(images)
-    if isinstance(images, str):
-        return images  # a URL or base64 image, which transformers loads
+    if isinstance(images, (str, os.PathLike)):
+        return load_image(images)
     raise TypeError(
         f"{argument} must be a PIL image, a numpy array, a torch tensor or a path, got {type(images).__name__}"
     )
@@ -79,4 +90,4 @@ def _array_with_channels(array: np.ndarray | torch.Tensor, argument: str) -> np.
     return np.repeat(array[..., None], 3, axis=-1)
 
 
-__all__ = ["SIXTEEN_BIT_MODES", "image_to_rgb", "open_image", "prepare_images"]
+__all__ = ["SIXTEEN_BIT_MODES", "image_to_rgb", "load_image", "open_image", "prepare_images"]

@@ -284,3 +284,16 @@ def test_opening_sixteen_bit_files_scales_them(processor, tmp_path):
 def test_an_empty_text_list_is_refused(processor):
     with pytest.raises(ValueError, match="text is an empty list"):
         processor(text=[])
+
+
+def test_image_paths_are_loaded_by_one_rule_in_processor_and_pipeline(tmp_path, monkeypatch):
+    from dreamllm.pipelines.pipeline_dreamllm import as_image_list
+    from dreamllm.processing.images import load_image
+
+    image, expected = sixteen_bit_ramp("I;16")
+    image.save(tmp_path / "deep.png")
+    for loaded in (load_image(str(tmp_path / "deep.png")), as_image_list(str(tmp_path / "deep.png"))[0]):
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(expected))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(OSError, match="deep.png: it is too large"):
+        as_image_list([str(tmp_path / "deep.png")])
