@@ -21,7 +21,7 @@ from peft import PeftModel
 from transformers import Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from dreamllm.file_utils import commit_model_files, staging_folder
+from dreamllm.file_utils import commit_model_files, remove_local_origins, staging_folder
 from dreamllm.pipelines import DreamLLMPipeline
 
 from .diffusion import DiffusionObjective
@@ -550,6 +550,7 @@ class DreamLLMTrainer(Trainer):
             scheduler=objective.scheduler,
         )
         pipeline.save_config(output_dir)
+        remove_local_origins(output_dir)
 
 
 __all__ = ["DreamLLMTrainer"]
