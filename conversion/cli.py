@@ -10,9 +10,17 @@ import time
 from .components import build_from_components
 from .convert import DTYPE_CHOICES, convert_original_checkpoint
 
+EXAMPLES = """examples:
+  dreamllm convert --input ./DreamLLM-7B --output ./dreamllm-7b --dtype bfloat16
+  dreamllm convert --input ./DreamLLM-7B --output ./dreamllm-7b --push-to-hub my-name/dreamllm-7b
+  dreamllm convert --from-components --llm ./vicuna-7b --vision ./clip-vit-l-14 --diffusion ./sd-2-1-base --output ./new
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser):
     """Adds the options of `dreamllm convert` to `parser`."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
     parser.add_argument("--input", metavar="DIR", help="Original DreamLLM release (config.json, weights, plugin .bin).")
     parser.add_argument("--output", metavar="DIR", required=True, help="Folder to write, once complete.")
     parser.add_argument("--dtype", choices=list(DTYPE_CHOICES), default="auto", help="auto keeps the stored dtype.")
