@@ -19,6 +19,7 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from transformers.utils.hub import convert_file_size_to_int
 
 from dreamllm.file_utils import atomic_directory
+from dreamllm.hub_files import write_loader_files
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
 from dreamllm.modeling_dreamllm.modeling_dreamllm import apply_dreamllm_generation_defaults
 from dreamllm.pipelines import DreamLLMPipeline
@@ -299,6 +300,7 @@ def write_configs(pipeline: DreamLLMPipeline, generation_config: GenerationConfi
     pipeline.vae.save_config(folder / "vae")
     pipeline.scheduler.save_pretrained(folder / "scheduler")
     pipeline.save_config(folder)
+    write_loader_files(folder)
 
 
 def write_weights(

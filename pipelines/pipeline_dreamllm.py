@@ -28,6 +28,7 @@ from transformers.image_utils import load_image
 
 import diffusers
 from dreamllm.file_utils import atomic_directory
+from dreamllm.hub_files import write_loader_files
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
 from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.processing import DreamLLMProcessor
@@ -1113,6 +1114,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
                 getattr(self, name).save_pretrained(staging / name, **weights_kwargs)
             self.scheduler.save_pretrained(staging / "scheduler")
             self.save_config(staging)
+            write_loader_files(staging)
 
     def push_to_hub(
         self,

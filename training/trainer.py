@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from dreamllm.file_utils import commit_model_files, staging_folder
+from dreamllm.hub_files import write_loader_files
 from dreamllm.pipelines import DreamLLMPipeline
 
 from .diffusion import DiffusionObjective
@@ -536,6 +537,7 @@ class DreamLLMTrainer(Trainer):
             scheduler=objective.scheduler,
         )
         pipeline.save_config(output_dir)
+        write_loader_files(output_dir)
 
 
 __all__ = ["DreamLLMTrainer"]
