@@ -56,6 +56,18 @@ def write_loader_files(folder: str | Path) -> None:
     update_json(folder / "model_index.json", _class_name=[LOADER_MODULE, PIPELINE_CLASS])
 
 
+def hub_model_id(name_or_path: str | None) -> str | None:
+    """
+    `name_or_path` when it is a Hub repo id (`"owner/name"` or `"name"`), else `None`: a local folder (absolute,
+    relative, or existing on this machine) is never published as a model's origin.
+    """
+    if not name_or_path or Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")):
+        return None
+    if Path(name_or_path).exists() or name_or_path.count("/") > 1 or "\\" in name_or_path:
+        return None
+    return name_or_path
+
+
 def qualified(auto_map: dict[str, str]) -> dict[str, str]:
     """`auto_map` with each class name prefixed by the loader module, as transformers' remote code expects."""
     return {auto_class: f"{LOADER_MODULE}.{class_name}" for auto_class, class_name in auto_map.items()}
@@ -70,4 +82,4 @@ def update_json(path: Path, **entries) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["INSTALL_HINT", "LOADER_MODULE", "write_loader_files"]
+__all__ = ["INSTALL_HINT", "LOADER_MODULE", "hub_model_id", "write_loader_files"]

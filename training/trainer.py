@@ -519,7 +519,7 @@ class DreamLLMTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, PeftModel):
             base_model = model.peft_config[model.active_adapter].base_model_name_or_path
-            write_adapter_model_card(folder, base_model, repo_id=str(final_dir))
+            write_adapter_model_card(folder, base_model, repo_id=final_dir.name)
         else:
             self.save_diffusion_components(model, folder)
 
