@@ -18,7 +18,7 @@ from transformers import GenerationConfig
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from transformers.utils.hub import convert_file_size_to_int
 
-from dreamllm.file_utils import atomic_directory
+from dreamllm.file_utils import atomic_directory, remove_local_origins
 from dreamllm.hub_files import write_loader_files
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
 from dreamllm.modeling_dreamllm.modeling_dreamllm import apply_dreamllm_generation_defaults
@@ -302,6 +302,7 @@ def write_configs(pipeline: DreamLLMPipeline, generation_config: GenerationConfi
     pipeline.vae.save_config(folder / "vae")
     pipeline.scheduler.save_pretrained(folder / "scheduler")
     pipeline.save_config(folder)
+    remove_local_origins(folder)
     write_loader_files(folder)
 
 

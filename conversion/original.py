@@ -53,6 +53,10 @@ class Rename:
         return self.source_prefix + target_key[len(self.target_prefix) :]
 
 
+# Where the language-model files put each tensor.
+LANGUAGE_MODEL_RENAMES = (Rename("lm_head.", "model", "lm_head."), Rename("model.", "model", "model.language_model."))
+
+
 @dataclass(frozen=True)
 class WeightsSource:
     """One input weights file: how its tensor names map to ours, and which of its tensors are dropped on purpose."""
@@ -217,8 +221,7 @@ class OriginalCheckpoint:
         def is_ignored(key: str) -> bool:
             return key.endswith("rotary_emb.inv_freq") or key.startswith(plugin_prefixes)
 
-        renames = (Rename("lm_head.", "model", "lm_head."), Rename("model.", "model", "model.language_model."))
-        return [WeightsSource(path, renames, is_ignored) for path in self.main_weight_files()]
+        return [WeightsSource(path, LANGUAGE_MODEL_RENAMES, is_ignored) for path in self.main_weight_files()]
 
     def plugin_sources(self) -> list[WeightsSource]:
         """

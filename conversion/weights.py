@@ -1,17 +1,21 @@
 """Reading weight files in chunks and writing safetensors shards in place, so that a conversion never holds a whole
 tensor, file or shard in memory.
 
-Safetensors files are read with plain file reads, chunk by chunk (a memory map would keep every page it has read
-resident until the file is closed). Pickles (`.bin`) are read with `torch.load(weights_only=True)`, memory-mapped when
-they are in the zip format; a pickle that needs anything beyond tensors and plain containers is refused. Output
-shards are laid out in advance from the tensors' names, dtypes and shapes: each file gets its header first and then
-every tensor's bytes at their place, as they arrive.
+Files are read with plain file reads, chunk by chunk (a memory map would keep every page it has read resident until
+the file is closed): safetensors files at the offsets of their header, pickles (`.bin`) at the offsets that
+`torch.load(weights_only=True, map_location="meta")` records for the storages of a zip-format file, as
+`torch.distributed.checkpoint` reads them. A pickle whose tensors cannot be read that way (the legacy format, a
+compressed archive, views with strides, another byte order) is loaded whole, memory-mapped when it is a zip file. A
+pickle that needs anything beyond tensors and plain containers is refused. Output shards are laid out in advance from
+the tensors' names, dtypes and shapes: each file gets its header first and then every tensor's bytes at their place,
+as they arrive.
 """
 
 import json
 import os
 import pickle
 import struct
+import sys
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -102,19 +106,25 @@ class SafetensorsTensors(LazyTensors):
         return SAFETENSORS_DTYPES[code]
 
     def chunks(self, key: str) -> Iterator[torch.Tensor]:
-        dtype = self.dtype(key)
         start, end = self.entries[key]["data_offsets"]
-        self.file.seek(self.data_start + start)
-        step = chunk_elements(dtype) * dtype.itemsize
-        for offset in range(start, end, step):
-            chunk = torch.empty(min(step, end - offset), dtype=torch.uint8)
-            if self.file.readinto(chunk.numpy()) != chunk.numel():
-                raise ValueError(f"{self.path} is truncated: {key!r} ends past the end of the file")
-            yield chunk.view(dtype)
+        return read_chunks(self.file, self.path, key, self.data_start + start, end - start, self.dtype(key))
+
+
+def read_chunks(
+    file: BinaryIO, path: Path, key: str, position: int, nbytes: int, dtype: torch.dtype
+) -> Iterator[torch.Tensor]:
+    """The `nbytes` bytes at `position` of `file` (tensor `key` of `path`), as 1-D `dtype` chunks of `CHUNK_BYTES`."""
+    file.seek(position)
+    step = chunk_elements(dtype) * dtype.itemsize
+    for offset in range(0, nbytes, step):
+        chunk = torch.empty(min(step, nbytes - offset), dtype=torch.uint8)
+        if file.readinto(chunk.numpy()) != chunk.numel():
+            raise ValueError(f"{path} is truncated: {key!r} ends past the end of the file")
+        yield chunk.view(dtype)
 
 
 class PickledTensors(LazyTensors):
-    """The tensors of a state dict loaded from a pickle (memory-mapped when possible)."""
+    """The tensors of a state dict loaded whole from a pickle (memory-mapped for a zip file)."""
 
     def __init__(self, path: Path, state_dict: dict[str, torch.Tensor]):
         super().__init__(path)
@@ -139,15 +149,42 @@ class PickledTensors(LazyTensors):
             yield elements[start : start + step]
 
 
-def load_pickled_state_dict(path: Path) -> dict[str, torch.Tensor]:
+class OffsetPickledTensors(PickledTensors):
+    """The tensors of a zip-format pickle loaded on the meta device, each read from the file at its storage's offset."""
+
+    def __init__(self, path: Path, state_dict: dict[str, torch.Tensor], file: BinaryIO):
+        super().__init__(path, state_dict)
+        self.file = file
+
+    def chunks(self, key: str) -> Iterator[torch.Tensor]:
+        tensor = self.state_dict[key]
+        position = tensor.untyped_storage()._checkpoint_offset + tensor.storage_offset() * tensor.element_size()
+        return read_chunks(self.file, self.path, key, position, tensor.nbytes, self.dtype(key))
+
+
+def readable_by_offset(path: Path, state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether the tensors of a zip-format pickle, loaded on the meta device, can be read at their offsets: each is
+    contiguous, the archive stores its data uncompressed and in this machine's byte order (little when unrecorded)."""
+    with zipfile.ZipFile(path) as archive:
+        records = archive.infolist()
+        byte_order = next((archive.read(record) for record in records if record.filename.endswith("/byteorder")), None)
+    stored = all(record.compress_type == zipfile.ZIP_STORED for record in records if "/data/" in record.filename)
+    native = (byte_order or b"little").decode() == sys.byteorder
+    offsets_known = all(value.untyped_storage()._checkpoint_offset is not None for value in state_dict.values())
+    return stored and native and offsets_known and all(value.is_contiguous() for value in state_dict.values())
+
+
+def load_pickled_state_dict(path: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
     """
-    The state dict in a PyTorch pickle, read by `torch.load(weights_only=True)`, memory-mapped for zip-format files.
+    The state dict in a PyTorch pickle, read by `torch.load(weights_only=True)`: on `map_location`, memory-mapped
+    for a zip-format file on the CPU.
 
     Raises:
         `ValueError`: the file is not a plain state dict of tensors, or the pickle needs more than tensors.
     """
+    mmap = map_location == "cpu" and zipfile.is_zipfile(path)
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        state_dict = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()[0]
         raise ValueError(
@@ -180,6 +217,12 @@ def open_weights(path: Path) -> Iterator[LazyTensors]:
         with path.open("rb") as file:
             yield SafetensorsTensors(path, file)
         return
+    if zipfile.is_zipfile(path):
+        state_dict = load_pickled_state_dict(path, map_location="meta")
+        if readable_by_offset(path, state_dict):
+            with path.open("rb") as file:
+                yield OffsetPickledTensors(path, state_dict, file)
+            return
     state_dict = load_pickled_state_dict(path)
     try:
         yield PickledTensors(path, state_dict)
@@ -187,9 +230,9 @@ def open_weights(path: Path) -> Iterator[LazyTensors]:
         state_dict.clear()
 
 
-def shard_file_name(stem: str, index: int, count: int) -> str:
+def shard_file_name(stem: str, index: int, count: int, suffix: str = ".safetensors") -> str:
     """The Hugging Face name of shard `index` (0-based) of `count`: `<stem>-00001-of-00003.safetensors`."""
-    return f"{stem}-{index + 1:05d}-of-{count:05d}.safetensors"
+    return f"{stem}-{index + 1:05d}-of-{count:05d}{suffix}"
 
 
 class SafetensorsShard:

@@ -1,4 +1,4 @@
-"""The `dreamllm` command: `generate`, `convert` and `train`.
+"""The `dreamllm` command: `generate`, `convert`, `train` and `demo`.
 
 Each subcommand lives beside the code it drives and exposes `add_arguments(parser)` and `run(args) -> int`. Errors a
 user can fix (bad input, missing files) are printed as one line and exit with status 2, without a traceback.
@@ -8,17 +8,21 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
+
 SUBCOMMANDS = {
     "generate": ("dreamllm.pipelines.cli", "Write a document of text and images from a prompt."),
     "convert": ("dreamllm.conversion.cli", "Convert an original DreamLLM release into the Hugging Face layout."),
     "train": ("dreamllm.training.cli", "Train or LoRA-fine-tune DreamLLM on JSON Lines documents."),
     "evaluate": ("dreamllm.evaluation.cli", "Score a model on a benchmark (VQA, captions, POPE, MMBench, FID)."),
+    "demo": ("dreamllm.demo.cli", "Chat with DreamLLM in the browser: answers stream in, images drawn in place."),
 }
 USER_ERRORS = (ValueError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamllm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

@@ -12,6 +12,8 @@ trust_remote_code=True)` load the DreamLLM classes.
 import json
 from pathlib import Path
 
+from dreamllm.file_utils import is_local_path
+
 LOADER_MODULE = "dreamllm_loader"
 INSTALL_HINT = "it is not on PyPI: run `pip install .` in a checkout of its source"
 MODEL_AUTO_MAP = {
@@ -59,11 +61,9 @@ def write_loader_files(folder: str | Path) -> None:
 def hub_model_id(name_or_path: str | None) -> str | None:
     """
     `name_or_path` when it is a Hub repo id (`"owner/name"` or `"name"`), else `None`: a local folder (absolute,
-    relative, or existing on this machine) is never published as a model's origin.
+    `~/...`, `./...`, or existing on this machine) is never published as a model's origin.
     """
-    if not name_or_path or Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")):
-        return None
-    if Path(name_or_path).exists() or name_or_path.count("/") > 1 or "\\" in name_or_path:
+    if not name_or_path or is_local_path(name_or_path) or name_or_path.startswith(".") or name_or_path.count("/") > 1:
         return None
     return name_or_path
 

@@ -15,7 +15,7 @@ import numpy as np
 try:  # the toy world's own package (dreamllm.toy_world), or its first home before that move lands
     from dreamllm import toy_world
 except ImportError:
-    from dreamllm.training import toy_world
+    from dreamllm import toy_world
 
 HELD_OUT_SEED = 20_000
 

@@ -65,13 +65,17 @@ class DocumentRow:
 
 @dataclass
 class ForwardChunk:
-    """The inputs of one forward pass over the rows that need one (see the module docstring)."""
+    """
+    The inputs of one forward pass over the rows that need one (see the module docstring): every row of the batch,
+    or with `rows_only` just `fed_rows` (in that order), whose cache then grows while the others get holes.
+    """
 
     input_ids: torch.LongTensor
     attention_mask: torch.LongTensor
     position_ids: torch.LongTensor
     pixel_values: torch.FloatTensor | None
     fed_rows: list[int]
+    rows_only: bool = False
 
 
 class DocumentBatch:
@@ -114,8 +118,18 @@ class DocumentBatch:
         return any(row.needs_forward for row in self.rows)
 
     def next_chunk(self) -> ForwardChunk:
-        """Builds the next forward pass and marks its ids as fed; the cache mask grows by the chunk length."""
+        """
+        Builds the next forward pass and marks its ids as fed; the cache mask grows by the chunk length.
+
+        When some fed rows have a block pending (more than one id) and others a single token, the block rows go
+        first, in a pass over only their rows (`ForwardChunk.rows_only`), so that no row is padded to another row's
+        block; the single-token rows follow in the next pass. Passes of one id per row span the whole batch.
+        """
         fed_rows = [index for index, row in enumerate(self.rows) if row.needs_forward]
+        block_rows = [index for index in fed_rows if len(self.rows[index].pending_ids) > 1]
+        rows_only = bool(block_rows) and len(block_rows) < len(self)
+        if block_rows:
+            fed_rows = block_rows
         length = max(len(self.rows[index].pending_ids) for index in fed_rows)
         input_ids = torch.full((len(self), length), self.pad_token_id, dtype=torch.long)
         chunk_mask = torch.zeros((len(self), length), dtype=torch.long)
@@ -130,12 +144,17 @@ class DocumentBatch:
             row.num_fed = len(row.ids)
         self.cache_mask = torch.cat([self.cache_mask, chunk_mask.to(self.device)], dim=1)
         position_ids = (self.cache_mask.cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        attention_mask, input_ids = self.cache_mask, input_ids.to(self.device)
+        if rows_only:
+            selected = torch.tensor(fed_rows, device=self.device)
+            input_ids, attention_mask, position_ids = input_ids[selected], attention_mask[selected], position_ids[selected]
         return ForwardChunk(
-            input_ids=input_ids.to(self.device),
-            attention_mask=self.cache_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             position_ids=position_ids,
             pixel_values=torch.cat(pixel_values) if pixel_values else None,
             fed_rows=fed_rows,
+            rows_only=rows_only,
         )
 
     def sequences(self) -> torch.LongTensor:

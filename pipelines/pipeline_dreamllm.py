@@ -24,17 +24,17 @@ from huggingface_hub import HfApi, snapshot_download
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.generation.streamers import BaseStreamer
-from transformers.image_utils import load_image
 
 import diffusers
-from dreamllm.file_utils import atomic_directory
+from dreamllm.file_utils import atomic_directory, remove_local_origins
 from dreamllm.hub_files import write_loader_files
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
 from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.processing import DreamLLMProcessor
+from dreamllm.processing.images import load_image
 
 from .hub import pipeline_model_card
-from .interleaved import DocumentBatch, DocumentRow, DocumentRun
+from .interleaved import DocumentBatch, DocumentRow, DocumentRun, ForwardChunk
 from .lora import DreamLLMLoraLoaderMixin
 from .streaming import (
     DocumentDone,
@@ -50,7 +50,7 @@ from .loading import COMPONENTS, WEIGHTED_COMPONENTS, LoadingOptions, check_save
 
 HUB_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 TOY_MODEL_PATH = Path(str(importlib.resources.files("dreamllm") / "toy_model"))
-"""The toy-world DreamLLM shipped inside the package, used when no model is named (see `python -m dreamllm.training.build_toy_model`)."""
+"""The toy-world DreamLLM shipped inside the package, used when no model is named (see `python -m dreamllm.toy_world.build_toy_model`)."""
 DIFFUSION_COMPONENTS = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -680,7 +680,9 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         for name in ("return_dict", "streamer"):
             if name in kwargs:
                 raise ValueError(f"stream() does not take {name}; it yields events instead")
-        if preview_every is not None and (not isinstance(preview_every, int) or preview_every < 1):
+        if preview_every is not None and (
+            isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1
+        ):
             raise ValueError(f"preview_every must be a whole number >= 1 or None, got {preview_every!r}")
         run = self.prepare_documents(prompt, images, **kwargs)
         return self.document_events(run, preview_every=preview_every)
@@ -794,6 +796,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
 
     def string_prompt(self, prompt: str, images: list, use_chat_template: bool) -> tuple[str, list]:
         """A string prompt and its images as prompt text: placeholders filled, or images shown before the text."""
+        self.processor.check_text(prompt, "prompt")
         num_placeholders = prompt.count(self.processor.image_token)
         if num_placeholders and num_placeholders != len(images):
             raise ValueError(
@@ -902,15 +905,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             with self.progress_bar(total=run.generation_config.max_new_tokens) as progress_bar:
                 while batch.needs_forward:
                     chunk = batch.next_chunk()
-                    outputs = self.model(
-                        input_ids=chunk.input_ids,
-                        attention_mask=chunk.attention_mask,
-                        position_ids=chunk.position_ids,
-                        pixel_values=chunk.pixel_values,
-                        **{CACHE_ARGUMENT: cache},
-                        use_cache=True,
-                        logits_to_keep=1,
-                    )
+                    outputs = self.forward_chunk(chunk, cache, len(batch))
                     drawing_rows = [index for index in chunk.fed_rows if batch.rows[index].drawing]
                     writing_rows = [index for index in chunk.fed_rows if not batch.rows[index].drawing]
                     if writing_rows:
@@ -939,6 +934,38 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             yield DocumentDone(self.document_output(batch))
         finally:
             self.maybe_free_model_hooks()
+
+    def forward_chunk(self, chunk: ForwardChunk, cache: DynamicCache, batch_size: int):
+        """
+        The language model on a chunk. A `rows_only` chunk runs on a cache of its rows alone; their new keys and
+        values are written back and every other row gets holes, so the shared cache stays one rectangle. Logits come
+        back for every row of the batch (zeros for the rows not fed).
+        """
+        inputs = {
+            "input_ids": chunk.input_ids, "attention_mask": chunk.attention_mask, "position_ids": chunk.position_ids,
+            "pixel_values": chunk.pixel_values, "use_cache": True, "logits_to_keep": 1,
+        }
+        if not chunk.rows_only:
+            return self.model(**inputs, **{CACHE_ARGUMENT: cache})
+        rows = torch.tensor(chunk.fed_rows, device=chunk.input_ids.device)
+        rows_cache = DynamicCache(config=self.model.config)
+        for layer_index, layer in enumerate(cache.layers):
+            if layer.is_initialized:
+                rows_cache.update(layer.keys[rows], layer.values[rows], layer_index)
+        outputs = self.model(**inputs, **{CACHE_ARGUMENT: rows_cache})
+        length = chunk.input_ids.shape[1]
+        for layer, rows_layer in zip(cache.layers, rows_cache.layers):
+            for name in ("keys", "values"):
+                new = getattr(rows_layer, name)[..., -length:, :]
+                holes = new.new_zeros((batch_size, *new.shape[1:]))
+                holes[rows] = new
+                setattr(layer, name, torch.cat([getattr(layer, name), holes], dim=-2) if layer.is_initialized else holes)
+            if not layer.is_initialized:
+                layer.dtype, layer.device, layer.is_initialized = rows_layer.dtype, rows_layer.device, True
+        logits = outputs.logits.new_zeros((batch_size, *outputs.logits.shape[1:]))
+        logits[rows] = outputs.logits
+        outputs.logits = logits
+        return outputs
 
     def token_events(
         self, row: DocumentRow, index: int, token: int, decoder: SegmentDecoder, feed: StreamerFeed | None
@@ -1114,6 +1141,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
                 getattr(self, name).save_pretrained(staging / name, **weights_kwargs)
             self.scheduler.save_pretrained(staging / "scheduler")
             self.save_config(staging)
+            remove_local_origins(staging)
             write_loader_files(staging)
 
     def push_to_hub(

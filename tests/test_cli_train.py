@@ -22,7 +22,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from dreamllm.training import toy_world
+    from dreamllm import toy_world
 
     root = tmp_path_factory.mktemp("data")
     return {kind: toy_world.write_dataset(root, kind, 4, seed=0) for kind in ("document", "qa")}

@@ -254,11 +254,39 @@ def test_small_max_shard_size_gives_indexed_shards_that_load(converted, official
     assert all(torch.equal(loaded[key], value) for key, value in converted_weights(output).items())
 
 
-@pytest.mark.parametrize("main_weights", ["model.safetensors", "pytorch_model.bin"])
-def test_tensors_larger_than_a_chunk_are_copied_whole(variant, official_tiny, tmp_path, monkeypatch, main_weights):
-    """Every tensor is read and cast in chunks of `CHUNK_BYTES`; with 1000-byte chunks each spans many."""
+def resave_pickle(path: Path, pickle_format: str):
+    """Saves the state dict in `path` again: in the legacy (pre-zip) format, with every matrix a strided view, or with
+    every tensor a view into one shared storage."""
+    state_dict = torch.load(path, weights_only=True)
+    if pickle_format == "legacy":
+        torch.save(state_dict, path, _use_new_zipfile_serialization=False)
+    elif pickle_format == "strided":
+        torch.save({key: value.t().contiguous().t() if value.dim() == 2 else value for key, value in state_dict.items()},
+                   path)  # fmt: skip
+    else:
+        flat = torch.cat([value.reshape(-1) for value in state_dict.values()])
+        views, start = {}, 0
+        for key, value in state_dict.items():
+            views[key] = flat[start : start + value.numel()].view(value.shape)
+            start += value.numel()
+        torch.save(views, path)
+
+
+@pytest.mark.parametrize(
+    ("main_weights", "pickle_format"),
+    [("model.safetensors", None), ("pytorch_model.bin", None), ("pytorch_model.bin", "legacy"),
+     ("pytorch_model.bin", "strided"), ("pytorch_model.bin", "shared")],
+)  # fmt: skip
+def test_tensors_larger_than_a_chunk_are_copied_whole(
+    variant, official_tiny, tmp_path, monkeypatch, main_weights, pickle_format
+):
+    """Every tensor is read and cast in chunks of `CHUNK_BYTES` (with 1000-byte chunks each spans many), from each
+    kind of file: safetensors, zip pickles read at their offsets, and the pickles that are loaded whole."""
     monkeypatch.setattr("dreamllm.conversion.weights.CHUNK_BYTES", 1000)
     checkpoint = variant(dtype=torch.bfloat16, main_weights=main_weights)
+    if pickle_format:
+        resave_pickle(checkpoint / main_weights, pickle_format)
+        resave_pickle(checkpoint / "stable_diffusion_head.bin", pickle_format)
     output = convert(checkpoint, tmp_path / "converted", dtype="float32")
     expected = expected_weights(official_tiny / "checkpoint")
     assert_weights_equal(converted_weights(output), {key: value.to(torch.bfloat16) for key, value in expected.items()})
@@ -424,24 +452,27 @@ print(peak_bytes() - baseline)
 """
 
 
-def enlarge_vocabulary(checkpoint: Path, vocab_size: int):
-    """Grows the embeddings and LM head of a variant's `model.safetensors` (and its config) to `vocab_size` rows."""
+def enlarge_vocabulary(checkpoint: Path, vocab_size: int, main_weights: str):
+    """Grows the embeddings and LM head of a variant's main weights (and its config) to `vocab_size` rows."""
     config = json.loads((checkpoint / "config.json").read_text())
     state_dict = load_file(checkpoint / "model.safetensors")
     for key in ("model.embed_tokens.weight", "lm_head.weight"):
         rows = state_dict[key]
         state_dict[key] = torch.cat([rows, rows.new_zeros(vocab_size - len(rows), rows.shape[1])])
-    save_file(state_dict, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    (checkpoint / "model.safetensors").unlink()
+    write_main_weights(state_dict, checkpoint, main_weights)
     (checkpoint / "config.json").write_text(json.dumps(config | {"vocab_size": vocab_size}))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak memory from /proc")
-def test_casting_conversion_holds_less_than_half_the_input_file(variant, tmp_path):
+@pytest.mark.parametrize("main_weights", ["model.safetensors", "pytorch_model.bin"])
+def test_casting_conversion_holds_less_than_half_the_input_file(variant, tmp_path, main_weights):
     """A bf16 checkpoint of 150 MB cast to float32 (300 MB out, one shard): the conversion process's peak resident
-    memory grows by less than half the input file (it grew by 3x the file when it held a converted shard)."""
+    memory grows by less than half the input file (it grew by 3x the file when it held a converted shard, and by
+    the file's size when it memory-mapped it)."""
     checkpoint = variant(dtype=torch.bfloat16)
-    enlarge_vocabulary(checkpoint, 600_000)
-    input_bytes = (checkpoint / "model.safetensors").stat().st_size
+    enlarge_vocabulary(checkpoint, 600_000, main_weights)
+    input_bytes = (checkpoint / main_weights).stat().st_size
     command = [sys.executable, "-c", MEASURE_PEAK_MEMORY, str(checkpoint), str(tmp_path / "converted")]
     growth = int(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
     assert input_bytes > 150e6 and growth < input_bytes / 2

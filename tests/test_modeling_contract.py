@@ -157,6 +157,18 @@ def test_loss_takes_pre_shifted_labels_and_num_items_in_batch(model_and_processo
     torch.testing.assert_close(summed, from_labels * num_targets)
 
 
+def test_loss_takes_shift_labels_that_are_a_slice_of_a_larger_tensor(model_and_processor):
+    model, processor = model_and_processor
+    inputs = processor(text=["a long enough sentence to score", "another one of equal size"], return_tensors="pt",
+                       padding=True)
+    labels = inputs.input_ids.masked_fill(inputs.attention_mask == 0, -100)
+    padded = torch.nn.functional.pad(labels, (0, 1), value=-100)
+    shift_labels = padded[:, 1:]  # a view that is not contiguous, as slicing a sequence-parallel shard gives
+    assert not shift_labels.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs, shift_labels=shift_labels).loss, model(**inputs, labels=labels).loss)
+
+
 # --- 5.-7. declarations ----------------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ def test_wheel_installs_only_the_dreamllm_package(tmp_path):
     top_level = {path.name for path in target.iterdir() if not path.name.endswith(".dist-info")}
     assert top_level - {"bin"} == {"dreamllm"}
     subpackages = {path.name for path in (target / "dreamllm").iterdir() if (path / "__init__.py").is_file()}
-    assert {"modeling_dreamllm", "processing", "pipelines", "conversion", "training"} <= subpackages
+    assert {"modeling_dreamllm", "processing", "pipelines", "conversion", "training", "toy_world"} <= subpackages
+    assert not list((target / "dreamllm" / "training").glob("*toy*")), "toy-world code belongs to dreamllm.toy_world"
     shipped = {str(path.relative_to(target / "dreamllm" / "toy_model")) for path in (target / "dreamllm" / "toy_model").rglob("*")}
     assert {"model.safetensors", "model_index.json", "chat_template.jinja", "unet/diffusion_pytorch_model.safetensors"} <= shipped
     probe = (

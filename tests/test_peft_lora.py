@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A LoRA adapter trained for a few steps on toy documents, saved by the trainer."""
-    from dreamllm.training import toy_world
+    from dreamllm import toy_world
 
     root = tmp_path_factory.mktemp("lora")
     tiny_pipeline(0).save_pretrained(root / "base")

@@ -124,6 +124,26 @@ def test_batched_rows_write_what_they_write_alone(pipe):
         assert_same_documents(batched.documents[row], alone.documents[0], atol=1e-4)
 
 
+def test_staggered_rows_are_not_padded_to_each_others_blocks(pipe):
+    """A pass feeding one row's dream or image block runs on that row alone: no other row is padded to its length."""
+    fed = []
+    pipe.model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["inputs_embeds"].shape[:2]), with_kwargs=True
+    )
+    prompts = ["Draw a cat", "Draw a dog", "Draw a bird"]
+    offsets = [{1}, {3}, {5}]
+    settings = {"max_new_tokens": 8, "num_inference_steps": STEPS, "suppress_tokens": [pipe.model.config.text_config.eos_token_id]}
+    batched = pipe(prompts, logits_processor=force_dreams(pipe, *offsets), **settings)
+    block_passes = [shape for shape in fed[1:] if shape[1] > 1][1:]  # after the unconditional pass and the prompts
+    assert block_passes and all(rows == 1 for rows, _ in block_passes)
+    batch_positions = sum(rows * length for rows, length in fed)
+    fed.clear()
+    for prompt, row_offsets in zip(prompts, offsets):
+        pipe(prompt, logits_processor=force_dreams(pipe, row_offsets), **settings)
+    assert batch_positions <= 1.05 * sum(rows * length for rows, length in fed)
+    assert [len(images) for images in batched.images] == [1, 1, 1]
+
+
 def test_drawn_image_is_conditioned_on_its_own_prefix(pipe):
     """The image equals text-to-image on the dream conditions of exactly the ids before its `<dream_start>`."""
     document_ids = RecordSequences()

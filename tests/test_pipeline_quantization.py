@@ -9,7 +9,7 @@ from diffusers.quantizers import PipelineQuantizationConfig
 from transformers import QuantoConfig, TorchAoConfig
 
 from dreamllm import DreamLLMPipeline
-from dreamllm.training import toy_world
+from dreamllm import toy_world
 
 pytest.importorskip("optimum.quanto")
 pytest.importorskip("torchao")

@@ -277,6 +277,9 @@ def test_streamer_end_on_interrupt(pipe):
     "arguments, message",
     [
         ({"preview_every": 0}, "preview_every must be a whole number >= 1"),
+        ({"preview_every": True}, "preview_every must be a whole number >= 1"),
+        ({"preview_every": 2.5}, "preview_every must be a whole number >= 1"),
+        ({"streamer": RecordingStreamer()}, "stream() does not take streamer"),
         ({"return_dict": False}, "stream() does not take return_dict"),
         ({"num_inference_steps": 0}, "num_inference_steps must be a whole number >= 1"),
     ],

@@ -1,18 +1,21 @@
 """The toy-world DreamLLM shipped with the package: it loads by default, draws what it is asked, reads what it sees,
-and `python -m dreamllm.training.build_toy_model` rebuilds a model like it from nothing."""
+and `python -m dreamllm.toy_world.build_toy_model` rebuilds a model like it from nothing."""
 
+import json
+import re
 import subprocess
 import sys
 
 import PIL.Image
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoProcessor
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import AutoModelForCausalLM, AutoProcessor, CLIPVisionModel
 
 from dreamllm import TOY_MODEL_PATH, DreamLLMPipeline
+from dreamllm import toy_world
 from dreamllm.cli import main as dreamllm_main
-from dreamllm.training import toy_model, toy_world
-
+from dreamllm.toy_world import components as toy_model
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +23,22 @@ def toy_pipeline():
     pipe = DreamLLMPipeline.from_pretrained()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def strings_in(value) -> list[str]:
+    if isinstance(value, dict):
+        return [text for item in value.items() for part in item for text in strings_in(part)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings_in(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_no_shipped_file_names_a_local_folder():
+    absolute_path = re.compile(r"(/|[A-Za-z]:\\)[^/\\\s]+([/\\][^/\\\s]+)+")
+    for path in TOY_MODEL_PATH.rglob("*.json"):
+        config = json.loads(path.read_text())
+        assert "_name_or_path" not in config, path
+        assert not [text for text in strings_in(config) if absolute_path.fullmatch(text)], path
 
 
 def test_the_shipped_checkpoint_is_small_safetensors_in_the_one_repo_layout():
@@ -34,10 +53,28 @@ def test_the_shipped_checkpoint_is_small_safetensors_in_the_one_repo_layout():
     assert model.config.model_type == "dreamllm" and processor.num_dream_queries == model.config.num_dream_queries
 
 
-def test_every_toy_word_is_one_token(toy_pipeline):
-    tokenizer = toy_pipeline.processor.tokenizer
-    for word in toy_model.toy_vocabulary():
-        assert tokenizer.tokenize(word) == ["▁" + word], word
+@pytest.fixture(scope="module")
+def toy_tokenizer():
+    return toy_model.toy_processor().tokenizer
+
+
+def test_the_toy_tokenizer_keeps_world_words_whole_and_splits_new_words_into_pieces(toy_tokenizer):
+    for word in (*toy_world.COLOUR_NAMES, *toy_world.SHAPES, "colour", "color", "draw", "show", "small", "large"):
+        assert toy_tokenizer.tokenize(f"a {word}") == ["▁a", "▁" + word], word
+    pieces = toy_tokenizer.tokenize("Could you skecth a blu circle?")
+    assert "▁circle" in pieces and toy_tokenizer.unk_token not in pieces
+    assert "▁skecth" not in pieces and len([p for p in pieces if "k" in p or "h" in p]) >= 2
+    ids = toy_tokenizer("Could you skecth a blu circle?", add_special_tokens=False).input_ids
+    assert toy_tokenizer.decode(ids) == "Could you skecth a blu circle?"
+    assert toy_tokenizer.tokenize("Show me a red circle.") == ["▁Show", "▁me", "▁a", "▁red", "▁circle", "."]
+
+
+def test_the_toy_tokenizer_has_the_dreamllm_tokens(toy_tokenizer):
+    shipped = AutoProcessor.from_pretrained(TOY_MODEL_PATH).tokenizer
+    for token in ("<dream>", "<dream_start>", "<dream_end>", "<im_start>", "<im_end>", "<im_patch>"):
+        assert toy_tokenizer.convert_tokens_to_ids(token) != toy_tokenizer.unk_token_id, token
+        assert token in toy_tokenizer.tokenize(f"a {token} b")
+    assert set(shipped.special_tokens_map) == set(toy_tokenizer.special_tokens_map)
 
 
 def test_readme_command_draws_a_red_circle_then_a_blue_triangle(tmp_path, capsys):
@@ -73,7 +110,7 @@ def test_the_same_seed_draws_the_same_picture(toy_pipeline):
 def test_the_build_script_runs_every_step_and_resumes(tmp_path):
     """The whole recipe at a toy scale of the toy scale: every step runs, writes its folder, and is skipped after."""
     command = [
-        sys.executable, "-m", "dreamllm.training.build_toy_model", "--work-dir", str(tmp_path), "--threads", "1",
+        sys.executable, "-m", "dreamllm.toy_world.build_toy_model", "--work-dir", str(tmp_path), "--threads", "1",
         "--num-pictures", "32", "--vae-steps", "2", "--vision-steps", "2", "--unet-steps", "2", "--data-scale", "0.0005",
         "--dreamllm-steps", "2", "--sft-steps", "2", "--batch-size", "2",
     ]
@@ -83,9 +120,28 @@ def test_the_build_script_runs_every_step_and_resumes(tmp_path):
     pipe = DreamLLMPipeline.from_pretrained(tmp_path / "export")
     assert pipe.unet.config.cross_attention_dim == pipe.model.config.condition_dim
     posterior = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist
+    assert not [path for path in (tmp_path / "export").rglob("*.json") if "_name_or_path" in path.read_text()]
     assert posterior.std.max() < 1e-5  # the diffusion loss's posterior samples are the means the UNet learned
     rerun = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     assert rerun.stdout.count("done already") == 8
+
+
+def test_the_build_script_reuses_the_components_of_a_saved_pipeline(tmp_path):
+    command = [
+        sys.executable, "-m", "dreamllm.toy_world.build_toy_model", "--work-dir", str(tmp_path), "--threads", "1",
+        "--from-components", str(TOY_MODEL_PATH), "--only", "vae", "--only", "vision", "--only", "unet",
+    ]
+    result = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert result.stdout.count("taken from") == 3 and result.stdout.count("done already") == 3
+    shipped = DreamLLMPipeline.from_pretrained()
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet" / "unet")
+    vision = CLIPVisionModel.from_pretrained(tmp_path / "vision")
+    assert torch.equal(unet.conv_in.weight, shipped.unet.conv_in.weight)
+    assert torch.equal(next(vision.parameters()), next(shipped.model.model.vision_tower.parameters()))
+    assert AutoencoderKL.from_pretrained(tmp_path / "vae").config.scaling_factor == shipped.vae.config.scaling_factor
+    assert not [path for path in tmp_path.rglob("*.json") if "_name_or_path" in path.read_text()]
+    missing = subprocess.run([*command[:6], "--from-components", str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "--from-components" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_train_without_a_model_fine_tunes_the_toy_model(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from folders import folder_files
 from PIL import Image
 
-from dreamllm.training import toy_world as tw
+from dreamllm import toy_world as tw
 
 
 def _read_jsonl(path):
@@ -74,7 +74,7 @@ def test_captions_and_answers_name_colour_and_shape():
         text = tw.caption(scene, rng).lower()
         assert scene.colour in text and scene.shape in text
         question, answer = tw.question_answer(scene, rng)
-        assert question.endswith("?") or question.endswith(".")
+        assert re.search(r"colou?r|shape|describe|picture|image|shown", question.lower()), question
         assert scene.colour in answer.lower() or scene.shape in answer.lower()
     scene = tw.Scene("red", "circle", 30, (32, 32), (220, 30, 30))
     phrasings = {tw.caption(scene, template=t) for t in range(len(tw.CAPTION_TEMPLATES))}
@@ -95,12 +95,81 @@ def test_creation_prompts():
         tw.creation_prompt([("red", "circle"), ("blue", "triangle"), ("green", "square")])
         == "Show me a red circle, then a blue triangle and finally a green square."
     )
+    assert tw.creation_prompt([("orange", "square")], sizes=["small"]) == "Show me a small orange square."
+
+
+def _mentioned(prompt: str) -> list[tuple[str, str]]:
+    return re.findall(r"(red|green|blue|yellow|purple|orange) (circle|square|triangle)", prompt.lower())
+
+
+@pytest.mark.parametrize("split", tw.grammar.SPLITS)
+def test_requests_name_every_object_in_order_in_many_phrasings(split):
+    prompts = set()
+    for index in range(300):
+        rng = tw.sample_rng(11, index)
+        objects = tw.sample_objects(rng)
+        prompt = tw.creation_prompt(objects, rng, tw.sample_sizes(rng, len(objects)), split)
+        assert _mentioned(prompt) == objects, prompt
+        prompts.add(re.sub(r"(one|a|an) (\w+ )?(\w+) (circle|square|triangle)", "X", prompt.lower()).rstrip(".?!"))
+    assert len(prompts) > 2 * len(tw.grammar.REQUESTS.options(split))
+    spellings = " ".join(tw.question_answer(tw.sample_scene(rng), rng, "colour", split)[0] for rng in
+                         (tw.sample_rng(12, i) for i in range(100)))
+    assert "colour" in spellings.lower() and "color" in spellings.lower()
+
+
+def test_held_out_phrasings_never_appear_in_the_training_split():
+    grammar = tw.grammar
+    productions = [value for value in vars(grammar).values() if isinstance(value, grammar.Productions)]
+    productions += list(grammar.SIZE_WORDS.values())
+    for production in productions:
+        assert production.train and production.held_out
+    for production in (grammar.REQUESTS, grammar.TWO_OBJECTS, grammar.THREE_OBJECTS, *grammar.QUESTIONS.values()):
+        assert not set(production.train) & set(production.held_out)
+    training_text = " ".join(
+        tw.creation_prompt(tw.sample_objects(rng), rng) + " " + tw.question_answer(tw.sample_scene(rng), rng)[0]
+        for rng in (tw.sample_rng(13, i) for i in range(2000))
+    ).lower()
+    for held_out in ("sketch", "could you", "would you", "followed by", "render", "tiny", "huge", "images:", "what do you see"):
+        assert held_out not in training_text, held_out
+
+
+def test_requested_sizes_are_drawn_and_named():
+    named = set()
+    for index in range(60):
+        prompt, doc = tw.answer_document(tw.sample_rng(15, index), [("red", "circle")])
+        scene, mention = doc[1], doc[0]
+        for word, (low, high) in tw.SIZE_RANGES.items():
+            if f"{word} red circle" in mention:
+                named.add(word)
+                assert low <= scene.size <= high, (mention, scene.size)
+    assert named == set(tw.SIZE_RANGES)
+    with pytest.raises(ValueError, match="1 to 3 shapes"):
+        tw.creation_prompt([("red", "circle")] * 4)
+
+
+def test_questions_of_each_kind_are_answered_right():
+    scene = tw.Scene("orange", "triangle", 30, (32, 32), (245, 135, 20))
+    for split in tw.grammar.SPLITS:
+        rng = tw.sample_rng(14, 0)
+        assert "orange" in tw.question_answer(scene, rng, "colour", split)[1]
+        assert "triangle" in tw.question_answer(scene, rng, "shape", split)[1]
+        assert "orange triangle" in tw.question_answer(scene, rng, "describe", split)[1]
+    with pytest.raises(ValueError, match="split"):
+        tw.question_answer(scene, tw.sample_rng(14, 0), "colour", "test")
+
+
+def test_impossible_requests_are_refused_in_text(tmp_path):
+    path = tw.write_dataset(tmp_path, "impossible_request", 20, seed=5)
+    for record in _read_jsonl(path):
+        prompt = record["messages"][0]["content"][0]["text"]
+        assert not _mentioned(prompt) or re.search(r"pink|black|brown|white", prompt.lower())
+        assert record["messages"][1]["content"] == [{"type": "text", "text": tw.grammar.REFUSAL}]
 
 
 def test_answer_document_shows_each_object_after_its_mention():
     objects = [("red", "circle"), ("blue", "triangle"), ("yellow", "square")]
     prompt, doc = tw.answer_document(tw.sample_rng(0, 0), objects)
-    assert all(f"{c} {s}" in prompt for c, s in objects)
+    assert _mentioned(prompt) == objects
     scenes = [item for item in doc if isinstance(item, tw.Scene)]
     assert [(s.colour, s.shape) for s in scenes] == objects
     for position, item in enumerate(doc):
@@ -130,7 +199,7 @@ def test_writer_format(tmp_path, kind):
             parts = [part for m in record["messages"] for part in m["content"]]
             assert {part["type"] for part in parts} <= {"text", "image"}
             images = [part["image"] for part in parts if part["type"] == "image"]
-            assert images
+            assert bool(images) == (kind != "impossible_request")
         for rel in images:
             assert not rel.startswith("/") and rel.startswith("images/")
             with Image.open(path.parent / rel) as image:
@@ -154,8 +223,7 @@ def test_instruction_creation_answers_the_prompt(tmp_path):
         prompt = record["messages"][0]["content"][0]["text"]
         images = [p["image"] for p in record["messages"][1]["content"] if p["type"] == "image"]
         found = [tw.analyze_image(Image.open(tmp_path / rel)) for rel in images]
-        mentioned = re.findall(r"(\w+) (circle|square|triangle)", prompt)
-        assert found == mentioned
+        assert found == _mentioned(prompt)
 
 
 def test_qa_answers_are_correct(tmp_path):

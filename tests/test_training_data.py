@@ -205,7 +205,7 @@ def test_collator_needs_a_resolution_for_images_to_create(processor, picture):
 
 
 def test_toy_world_samples_load_and_collate(tmp_path, processor):
-    from dreamllm.training import toy_world
+    from dreamllm import toy_world
 
     collator = DreamLLMDataCollator(processor, diffusion_resolution=8)
     for kind in toy_world.SAMPLE_KINDS:

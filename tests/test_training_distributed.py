@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def test_two_processes_train_in_sync(tmp_path):
-    from dreamllm.training import toy_world
+    from dreamllm import toy_world
 
     toy_world.write_dataset(tmp_path, "document", 12, seed=0, filename="data.jsonl")
     command = [

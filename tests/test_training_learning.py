@@ -31,7 +31,7 @@ def losses_on(pipeline, trainer, batch) -> tuple[float, float]:
 
 
 def test_training_lowers_both_losses_and_teaches_where_images_go(tmp_path):
-    from dreamllm.training import toy_world
+    from dreamllm import toy_world
 
     pipeline = tiny_pipeline(0)
     dataset = JsonlDocumentDataset(toy_world.write_dataset(tmp_path, "document", 64, seed=0), pipeline.processor)

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from dreamllm.training import toy_world
+    from dreamllm import toy_world
 
     root = tmp_path_factory.mktemp("toy")
     return JsonlDocumentDataset(toy_world.write_dataset(root, "document", 8, seed=0), tiny_pipeline().processor)

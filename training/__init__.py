@@ -1,7 +1,7 @@
 """Training DreamLLM: streamed, mixed corpora and their collator, the two-part objective, stage presets, LoRA, and a
 Trainer.
 
-`dreamllm.training.toy_world` (the synthetic toy-world data generator) is imported on its own, not from here.
+The toy world (its data, its small VAE/UNet/CLIP and the recipe of the built-in model) lives in `dreamllm.toy_world`.
 """
 
 from .data import (

@@ -1,7 +1,9 @@
 """Builds the toy-world DreamLLM that ships with the package, from nothing, in resumable steps.
 
-    python -m dreamllm.training.build_toy_model --work-dir toy-build            # every step, skipping finished ones
-    python -m dreamllm.training.build_toy_model --work-dir toy-build --only vae # one step
+    python -m dreamllm.toy_world.build_toy_model --work-dir toy-build            # every step, skipping finished ones
+    python -m dreamllm.toy_world.build_toy_model --work-dir toy-build --only vae # one step
+    python -m dreamllm.toy_world.build_toy_model --work-dir toy-build --from-components PIPELINE --install
+        # reuse PIPELINE's VAE, vision encoder and UNet (steps 1-3), retrain only the language side
 
 Steps (each writes `<work-dir>/<step>/` atomically; a finished step is skipped on the next run):
 
@@ -30,11 +32,16 @@ from transformers import CLIPVisionModel
 
 from dreamllm.file_utils import atomic_directory
 from dreamllm.pipelines import TOY_MODEL_PATH, DreamLLMPipeline
-from dreamllm.training import toy_model, toy_world, train
+from dreamllm.toy_world import components as toy_model
+from dreamllm.toy_world import world as toy_world
+from dreamllm.training import train
 
 STEPS = ("vae", "vision", "unet", "assemble", "data", "dreamllm", "sft", "export")
-DATA_MIX = {"document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000}
-SFT_MIX = {"qa": 3000, "instruction_creation": 4000}
+DATA_MIX = {
+    "document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000, "impossible_request": 600,
+}
+SFT_MIX = {"qa": 3000, "instruction_creation": 4000, "impossible_request": 600}
+PRETRAINED_COMPONENTS = ("vae", "vision", "unet")
 DREAMLLM_STEPS = {  # step: (the folder it starts from, its training data, DreamLLM stage, share of --learning-rate)
     "dreamllm": ("assemble", "data/pretraining/train.jsonl", 2, 1.0),
     "sft": ("dreamllm", "data/instructions/train.jsonl", 3, 1 / 3),
@@ -149,6 +156,41 @@ def dreamllm_stage(step: str, work_dir: Path, args):
     output.rename(work_dir / step)
 
 
+def remove_local_paths(folder: Path):
+    """Drops `_name_or_path` (the build machine's folder the components were loaded from) from every saved config."""
+    for path in folder.rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def export(work_dir: Path, output: Path, install: bool, log):
+    """Saves the stage III pipeline as `export/` and, with `install`, as the package's built-in model."""
+    pipeline = DreamLLMPipeline.from_pretrained(work_dir / "sft")
+    with atomic_directory(output) as staging:
+        pipeline.save_pretrained(staging)
+        remove_local_paths(staging)
+    if install:
+        with atomic_directory(TOY_MODEL_PATH) as staging:
+            shutil.copytree(output, staging, dirs_exist_ok=True)
+        log(f"installed the exported model in {TOY_MODEL_PATH}")
+
+
+def seed_components(source: Path, work_dir: Path, log):
+    """Fills the `vae`, `vision` and `unet` step folders that do not exist yet from the saved pipeline `source`, so
+    a rebuild that changes only the language (tokenizer, texts) skips pretraining the picture components."""
+    pipeline = DreamLLMPipeline.from_pretrained(source)
+    components = {"vae": pipeline.vae, "vision": pipeline.model.model.vision_tower, "unet": pipeline.unet}
+    for step in PRETRAINED_COMPONENTS:
+        output = work_dir / step
+        if output.exists():
+            continue
+        with atomic_directory(output) as staging:
+            components[step].save_pretrained(staging / "unet" if step == "unet" else staging)
+        remove_local_paths(output)
+        log(f"{step}: taken from {source}")
+
+
 def run_step(step: str, work_dir: Path, args, log):
     output = work_dir / step
     if output.exists():
@@ -159,11 +201,7 @@ def run_step(step: str, work_dir: Path, args, log):
     if step in DREAMLLM_STEPS:
         dreamllm_stage(step, work_dir, args)
     elif step == "export":
-        pipeline = DreamLLMPipeline.from_pretrained(work_dir / "sft")
-        pipeline.save_pretrained(output)
-        if args.install:
-            pipeline.save_pretrained(TOY_MODEL_PATH)
-            log(f"installed the exported model in {TOY_MODEL_PATH}")
+        export(work_dir, output, args.install, log)
     elif step == "data":
         with atomic_directory(output) as staging:
             step_data(staging, args, log)
@@ -194,15 +232,24 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--condition-dropout", type=float, default=0.1)
+    parser.add_argument(
+        "--from-components", type=Path, default=None, metavar="PIPELINE",
+        help="Take the VAE, vision encoder and UNet from this saved pipeline (e.g. the installed toy model) instead of "
+        "pretraining them.",
+    )
     parser.add_argument("--install", action="store_true", help="Copy the exported model into the package checkout.")
     parser.add_argument("--clean", action="store_true", help="Delete the work directory first.")
     args = parser.parse_args()
+    if args.from_components and not (args.from_components / "model_index.json").is_file():
+        parser.error(f"--from-components {args.from_components}: not a saved pipeline folder (no model_index.json)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clean and args.work_dir.exists():
         shutil.rmtree(args.work_dir)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     log = log_to(args.work_dir)
+    if args.from_components:
+        seed_components(args.from_components, args.work_dir, log)
     for step in args.only or STEPS:
         run_step(step, args.work_dir, args, log)
 

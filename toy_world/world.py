@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from . import grammar
+
 IMAGE_SIZE = 64
 BACKGROUND = (255, 255, 255)
 
@@ -40,6 +42,8 @@ COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
 MIN_SIZE, MAX_SIZE = 18, 44
 """Side of the shape's bounding square, in pixels."""
+SIZE_RANGES: dict[str, tuple[int, int]] = {"small": (MIN_SIZE, 26), "large": (37, MAX_SIZE)}
+"""The sides (inclusive) a shape called small or large has; captions name these sizes, requests may ask for them."""
 COLOUR_JITTER = 12
 """Largest per-channel offset added to a colour's RGB value in random scenes."""
 _SUPERSAMPLE = 4
@@ -96,11 +100,14 @@ def render_shape(
     return canvas.resize((image_size, image_size), Image.Resampling.BOX)
 
 
-def sample_scene(rng: np.random.Generator, colour: str | None = None, shape: str | None = None) -> Scene:
-    """Draws a random scene; ``colour``/``shape`` fix those attributes instead of drawing them."""
+def sample_scene(
+    rng: np.random.Generator, colour: str | None = None, shape: str | None = None, size: str | None = None
+) -> Scene:
+    """Draws a random scene; ``colour``/``shape`` fix those attributes, ``size`` (a key of `SIZE_RANGES`) its range."""
     colour = colour if colour is not None else COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))]
     shape = shape if shape is not None else SHAPES[rng.integers(len(SHAPES))]
-    size = int(rng.integers(MIN_SIZE, MAX_SIZE + 1))
+    low, high = SIZE_RANGES[size] if size is not None else (MIN_SIZE, MAX_SIZE)
+    size = int(rng.integers(low, high + 1))
     margin = size / 2 + 2
     center = (
         int(round(rng.uniform(margin, IMAGE_SIZE - margin))),
@@ -125,11 +132,7 @@ def _article(word: str) -> str:
 
 
 def _size_word(size: int) -> str:
-    if size <= 26:
-        return "small"
-    if size >= 37:
-        return "large"
-    return ""
+    return next((word for word, (low, high) in SIZE_RANGES.items() if low <= size <= high), "")
 
 
 # -------------------------------------------------------------------------------------------- captions
@@ -169,23 +172,27 @@ def short_description(colour: str, shape: str) -> str:
 
 # ---------------------------------------------------------------------------------- questions / answers
 
-QA_TEMPLATES: tuple[tuple[str, str], ...] = (
-    ("What colour is the shape?", "It is {colour}."),
-    ("What color is the shape in the image?", "The shape is {colour}."),
-    ("What shape is this?", "It is {a_shape}."),
-    ("Which shape do you see?", "I see {a_shape}."),
-    ("Describe the image.", "{A_desc} on a white background."),
-    ("What is in the picture?", "{A_desc}."),
-)
+ANSWERS: dict[str, tuple[str, ...]] = {
+    "colour": ("It is {colour}.", "The shape is {colour}."),
+    "shape": ("It is {a_shape}.", "I see {a_shape}."),
+    "describe": ("{A_desc}.", "{A_desc} on a white background."),
+}
+"""The answers to each kind of question of `grammar.QUESTIONS`."""
+_QUESTION_WEIGHTS = {"colour": 0.4, "shape": 0.4, "describe": 0.2}
 
 
-def question_answer(scene: Scene, rng: np.random.Generator | None = None, template: int | None = None) -> tuple[str, str]:
-    """A question about ``scene`` and its correct answer."""
-    if template is None:
-        template = int(rng.integers(len(QA_TEMPLATES))) if rng is not None else 0
-    question, answer = QA_TEMPLATES[template]
+def question_answer(
+    scene: Scene, rng: np.random.Generator | None = None, asks: str | None = None, split: str = "train"
+) -> tuple[str, str]:
+    """A question about ``scene`` (asking for ``asks``, or a random kind) in a phrasing of ``split``, and its answer.
+
+    Without ``rng``, the first training phrasing and answer.
+    """
+    if asks is None:
+        asks = str(rng.choice(list(_QUESTION_WEIGHTS), p=list(_QUESTION_WEIGHTS.values()))) if rng is not None else "colour"
+    question = grammar.question(asks, rng, split) if rng is not None else grammar.QUESTIONS[asks].train[0]
     desc = short_description(scene.colour, scene.shape)
-    answer = answer.format(
+    answer = (_choice(rng, ANSWERS[asks]) if rng is not None else ANSWERS[asks][0]).format(
         colour=scene.colour,
         a_shape=f"{_article(scene.shape)} {scene.shape}",
         A_desc=desc[0].upper() + desc[1:],
@@ -195,12 +202,6 @@ def question_answer(scene: Scene, rng: np.random.Generator | None = None, templa
 
 # ------------------------------------------------------------------------ prompts and interleaved docs
 
-PROMPT_TEMPLATES: tuple[str, ...] = (
-    "Show me {objects}.",
-    "Draw {objects}.",
-    "Can you show me {objects}?",
-    "Please draw {objects}.",
-)
 _MENTION_TEMPLATES = (
     "Here is {desc}:",
     "First, {desc}.",
@@ -214,24 +215,22 @@ _FOLLOW_TEMPLATES = (
     "After that, {desc}.",
 )
 _ENDINGS = ("", "That is all.", "Those are the shapes.", "The end.")
+_SIZED_SHARE = 0.3
+"""The share of requested shapes that the request gives a size."""
 
 
-def creation_prompt(objects: list[tuple[str, str]], rng: np.random.Generator | None = None, template: int | None = None) -> str:
-    """``"Show me a red circle and then a blue triangle."`` for ``[("red", "circle"), ("blue", "triangle")]``.
+def creation_prompt(
+    objects: list[tuple[str, str]],
+    rng: np.random.Generator | None = None,
+    sizes: list[str | None] | None = None,
+    split: str = "train",
+) -> str:
+    """A request for ``objects``, phrased by `grammar.request` from ``rng`` in the phrasings of ``split``.
 
-    Three objects read ``"a red circle, then a blue triangle and finally a green square"``. The phrasing
-    is drawn from ``rng`` or fixed by ``template`` (default: ``"Show me ..."``).
+    Without ``rng`` the plain form: ``"Show me a red circle and then a blue triangle."``; three objects read
+    ``"a red circle, then a blue triangle and finally a green square"``.
     """
-    if template is None:
-        template = int(rng.integers(len(PROMPT_TEMPLATES))) if rng is not None else 0
-    names = [short_description(colour, shape) for colour, shape in objects]
-    if len(names) == 1:
-        listed = names[0]
-    elif len(names) == 2:
-        listed = f"{names[0]} and then {names[1]}"
-    else:
-        listed = ", then ".join(names[:-1]) + f" and finally {names[-1]}"
-    return PROMPT_TEMPLATES[template].format(objects=listed)
+    return grammar.request(objects, sizes, rng, split)
 
 
 def sample_objects(rng: np.random.Generator, min_objects: int = 1, max_objects: int = 3) -> list[tuple[str, str]]:
@@ -240,12 +239,20 @@ def sample_objects(rng: np.random.Generator, min_objects: int = 1, max_objects: 
     return [(_choice(rng, COLOUR_NAMES), _choice(rng, SHAPES)) for _ in range(n)]
 
 
-def interleaved_document(rng: np.random.Generator, scenes: list[Scene]) -> list[str | Scene]:
-    """A document that mentions each scene in turn, its image right after the mention."""
+def sample_sizes(rng: np.random.Generator, count: int) -> list[str | None]:
+    """For each of ``count`` requested shapes, the size the request asks for (a key of `SIZE_RANGES`) or None."""
+    return [_choice(rng, tuple(SIZE_RANGES)) if rng.random() < _SIZED_SHARE else None for _ in range(count)]
+
+
+def interleaved_document(
+    rng: np.random.Generator, scenes: list[Scene], sizes: list[str | None] | None = None
+) -> list[str | Scene]:
+    """A document that mentions each scene in turn (with its size word where ``sizes`` names one), its image right
+    after the mention."""
     doc: list[str | Scene] = []
-    for i, scene in enumerate(scenes):
+    for i, (scene, size) in enumerate(zip(scenes, sizes or [None] * len(scenes))):
         template = _choice(rng, _MENTION_TEMPLATES if i == 0 else _FOLLOW_TEMPLATES)
-        doc.append(template.format(desc=short_description(scene.colour, scene.shape)))
+        doc.append(template.format(desc=grammar.object_phrase(scene.colour, scene.shape, size, None, "train")))
         doc.append(scene)
     ending = _choice(rng, _ENDINGS)
     if ending:
@@ -253,19 +260,25 @@ def interleaved_document(rng: np.random.Generator, scenes: list[Scene]) -> list[
     return doc
 
 
-def answer_document(rng: np.random.Generator, objects: list[tuple[str, str]]) -> tuple[str, list[str | Scene]]:
-    """A creation prompt for ``objects`` and a document answering it (text then image, per object)."""
-    prompt = creation_prompt(objects, rng)
-    scenes = [sample_scene(rng, colour, shape) for colour, shape in objects]
-    return prompt, interleaved_document(rng, scenes)
+def answer_document(
+    rng: np.random.Generator, objects: list[tuple[str, str]], split: str = "train"
+) -> tuple[str, list[str | Scene]]:
+    """A request for ``objects`` (some sized) and the document answering it: text then image, per object, each image
+    the asked colour, shape and size."""
+    sizes = sample_sizes(rng, len(objects))
+    prompt = creation_prompt(objects, rng, sizes, split)
+    scenes = [sample_scene(rng, colour, shape, size) for (colour, shape), size in zip(objects, sizes)]
+    return prompt, interleaved_document(rng, scenes, sizes)
 
 
 # ---------------------------------------------------------------------------------------------- writer
 
-SAMPLE_KINDS: tuple[str, ...] = ("caption", "creation", "document", "qa", "instruction_creation")
+SAMPLE_KINDS: tuple[str, ...] = ("caption", "creation", "document", "qa", "instruction_creation", "impossible_request")
 """``caption``: image then caption; ``creation``: caption then image; ``document``: interleaved document
 with one to three images; ``qa``: a chat about one image; ``instruction_creation``: a chat whose user asks
-for shapes and whose assistant answers with text and images."""
+for shapes and whose assistant answers with text and images; ``impossible_request``: a chat whose user asks for
+something the world cannot draw and whose assistant answers `grammar.REFUSAL`, without an image. Chats use the
+training phrasings of `grammar` only."""
 
 
 class _ImageWriter:
@@ -326,6 +339,13 @@ def make_sample(kind: str, seed: int, index: int, write) -> dict:
             "messages": [
                 {"role": "user", "content": [{"type": "text", "text": prompt}]},
                 {"role": "assistant", "content": _content(doc, write)},
+            ]
+        }
+    if kind == "impossible_request":
+        return {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": grammar.impossible_request(rng)}]},
+                {"role": "assistant", "content": [{"type": "text", "text": grammar.REFUSAL}]},
             ]
         }
     raise ValueError(f"unknown sample kind {kind!r}; expected one of {SAMPLE_KINDS}")

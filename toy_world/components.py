@@ -1,21 +1,20 @@
 """The toy-world DreamLLM: its components, and how each is pretrained before DreamLLM's own training.
 
-The toy world (`dreamllm.training.toy_world`) has its own small "Stable Diffusion" and "CLIP", built and trained here:
+The toy world (`dreamllm.toy_world`) has its own small "Stable Diffusion" and "CLIP", built and trained here:
 
 - a VAE (scale factor 4: 64x64 pictures, 4x16x16 latents) trained to reconstruct toy pictures;
 - a UNet over those latents, trained together with a :class:`ToyConditionEncoder` (this world's text encoder: it
   embeds the colour and the shape of a caption) and thrown away afterwards, as DreamLLM replaces CLIP's text encoder
   by its own dream queries;
 - a CLIP vision encoder (64 px, 16 patches) trained to tell colour, shape, size and position, then frozen;
-- a word-level tokenizer over the toy world's words and a small Llama, trained from scratch during DreamLLM's stages.
+- a BPE tokenizer trained on the toy world's texts and a small Llama, trained from scratch during DreamLLM's stages.
 
-`python -m dreamllm.training.build_toy_model` runs these steps and DreamLLM's stages, resumably, and writes the shipped checkpoint.
+`python -m dreamllm.toy_world.build_toy_model` runs these steps and DreamLLM's stages, resumably, and writes the shipped checkpoint.
 """
 
 import math
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,8 @@ from diffusers import AutoencoderKL, ConfigMixin, DDPMScheduler, ModelMixin, UNe
 from diffusers.configuration_utils import register_to_config
 from PIL import Image
 from torch import nn
+from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+from tokenizers.models import BPE
 from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -32,10 +33,17 @@ from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
 from dreamllm.pipelines import DreamLLMPipeline, default_scheduler
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.processing_dreamllm import VICUNA_V1_1_SYSTEM_MESSAGE
-from dreamllm.processing.tokenization_dreamllm import build_tiny_tokenizer
+from dreamllm.processing.tokenization_dreamllm import (
+    RELEASED_ADDED_TOKEN_ORDER,
+    SPIECE_UNDERLINE,
+    _add_tokens_in_order,
+    _apply_legacy_pipeline,
+    _wrap_backend,
+)
 from dreamllm.testing import config_for_tokenizer
 
-from . import toy_world
+from . import grammar
+from . import world as toy_world
 
 IMAGE_SIZE = toy_world.IMAGE_SIZE
 PATCH_SIZE = 16
@@ -47,32 +55,57 @@ LATENT_CHANNELS = 4
 # ------------------------------------------------------------------------------------------------ text
 
 
-def toy_vocabulary() -> list[str]:
-    """Every word of the toy world's texts and of the Vicuna system message, each one token of the toy tokenizer."""
-    rng = np.random.default_rng(0)
-    texts = [VICUNA_V1_1_SYSTEM_MESSAGE, "USER ASSISTANT"]
-    for colour in toy_world.COLOUR_NAMES:
-        for shape in toy_world.SHAPES:
-            for size in (toy_world.MIN_SIZE, 30, toy_world.MAX_SIZE):
-                scene = toy_world.Scene(colour, shape, size, (32, 32), toy_world.COLOURS[colour])
-                texts += [toy_world.caption(scene, template=t) for t in range(len(toy_world.CAPTION_TEMPLATES))]
-                texts += [" ".join(toy_world.question_answer(scene, template=t)) for t in range(len(toy_world.QA_TEMPLATES))]
-    for template in range(len(toy_world.PROMPT_TEMPLATES)):
-        texts.append(toy_world.creation_prompt([("red", "circle")] * 3, template=template))
-    for _ in range(200):
-        scenes = [toy_world.sample_scene(rng) for _ in range(3)]
-        texts += [item for item in toy_world.interleaved_document(rng, scenes) if isinstance(item, str)]
-    return sorted({word for text in texts for word in re.findall(r"[A-Za-z']+", text)})
+TOKENIZER_VOCAB_SIZE = 700
+"""Pieces of the toy tokenizer's BPE model (bytes and the DreamLLM tokens not counted)."""
+
+
+def toy_corpus(num_samples: int = 3000, seed: int = 0) -> Iterator[str]:
+    """The texts the toy model reads and writes, in the training phrasings only, and the Vicuna system message."""
+    yield VICUNA_V1_1_SYSTEM_MESSAGE
+    yield "USER: ASSISTANT:"
+    yield grammar.REFUSAL
+    for index in range(num_samples):
+        rng = toy_world.sample_rng(seed, index)
+        scene = toy_world.sample_scene(rng)
+        yield toy_world.caption(scene, rng)
+        yield from toy_world.question_answer(scene, rng)
+        yield grammar.impossible_request(rng)
+        prompt, document = toy_world.answer_document(rng, toy_world.sample_objects(rng))
+        yield prompt
+        yield from (item for item in document if isinstance(item, str))
+
+
+def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = TOKENIZER_VOCAB_SIZE, model_max_length: int = 512):
+    """
+    A byte-fallback BPE tokenizer trained on `texts` with the `tokenizers` library, in the Llama layout of
+    `build_tiny_tokenizer` (legacy "▁" normalizer, `<unk>`/`<s>`/`</s>`, the 256 byte pieces, then the DreamLLM
+    tokens): frequent words are one token, and a typo or a word never seen splits into known pieces (or bytes).
+    """
+    backend = Tokenizer(BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend(SPIECE_UNDERLINE), normalizers.Replace(" ", SPIECE_UNDERLINE)])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(  # for training only: pieces never span two words or punctuation
+        [pre_tokenizers.Split(SPIECE_UNDERLINE, behavior="merged_with_next"), pre_tokenizers.Punctuation()]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", *(f"<0x{byte:02X}>" for byte in range(256))],
+        initial_alphabet=[SPIECE_UNDERLINE, *(chr(code) for code in range(32, 127) if chr(code) != " ")],
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    backend = _apply_legacy_pipeline(backend)
+    _add_tokens_in_order(backend, ["<unk>", "<s>", "</s>", *RELEASED_ADDED_TOKEN_ORDER])
+    return _wrap_backend(backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=model_max_length)
 
 
 def toy_processor() -> DreamLLMProcessor:
-    """The toy model's processor: a tokenizer with one token per toy-world word, and a 64 px CLIP image processor."""
+    """The toy model's processor: a BPE tokenizer trained on the toy corpus, and a 64 px CLIP image processor."""
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
     return DreamLLMProcessor(
         image_processor=image_processor,
-        tokenizer=build_tiny_tokenizer(model_max_length=512, words=toy_vocabulary()),
+        tokenizer=train_toy_tokenizer(toy_corpus()),
         num_image_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2,
         num_dream_queries=NUM_DREAM_QUERIES,
     )
@@ -412,7 +445,8 @@ __all__ = [
     "toy_unet",
     "toy_vae",
     "toy_vision_config",
-    "toy_vocabulary",
+    "toy_corpus",
+    "train_toy_tokenizer",
     "train_unet",
     "train_vae",
     "train_vision_encoder",
