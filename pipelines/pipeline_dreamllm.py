@@ -27,6 +27,7 @@ from transformers.generation.streamers import BaseStreamer
 
 import diffusers
 from dreamllm.file_utils import atomic_directory, remove_local_origins
+from dreamllm.hub_files import write_loader_files
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
 from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.processing import DreamLLMProcessor
@@ -1141,6 +1142,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
             self.scheduler.save_pretrained(staging / "scheduler")
             self.save_config(staging)
             remove_local_origins(staging)
+            write_loader_files(staging)
 
     def push_to_hub(
         self,

@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from dreamllm.file_utils import commit_model_files, remove_local_origins, staging_folder
+from dreamllm.hub_files import write_loader_files
 from dreamllm.pipelines import DreamLLMPipeline
 
 from .diffusion import DiffusionObjective
@@ -532,7 +533,7 @@ class DreamLLMTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, PeftModel):
             base_model = model.peft_config[model.active_adapter].base_model_name_or_path
-            write_adapter_model_card(folder, base_model, repo_id=str(final_dir))
+            write_adapter_model_card(folder, base_model, repo_id=final_dir.name)
         else:
             self.save_diffusion_components(model, folder)
 
@@ -551,6 +552,7 @@ class DreamLLMTrainer(Trainer):
         )
         pipeline.save_config(output_dir)
         remove_local_origins(output_dir)
+        write_loader_files(output_dir)
 
 
 __all__ = ["DreamLLMTrainer"]
