@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import PIL.Image
@@ -219,11 +220,21 @@ def test_user_errors_exit_2_with_one_line(model_folder, tmp_path, capsys, argume
         assert "Loading" not in captured.out  # checked before the model is loaded, let alone run
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_unwritable_output_is_reported_before_generating(model_folder, tmp_path, capsys):
+@pytest.fixture()
+def locked_folder(tmp_path):
+    """A folder nobody may write into: mode 0500, and immutable (`chattr +i`) where the tests run as root."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    assert generate("A prompt", "--model", model_folder, "--output", locked / "out") == 2
+    immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode == 0
+    if os.access(locked, os.W_OK):
+        pytest.skip("cannot make a folder unwritable here (root without chattr)")
+    yield locked
+    if immutable:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+def test_unwritable_output_is_reported_before_generating(model_folder, locked_folder, capsys):
+    assert generate("A prompt", "--model", model_folder, "--output", locked_folder / "out") == 2
     captured = capsys.readouterr()
     assert "is not writable" in captured.err and "Loading" not in captured.out
 
