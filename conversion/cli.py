@@ -10,14 +10,23 @@ import time
 from .components import build_from_components
 from .convert import DTYPE_CHOICES, convert_original_checkpoint
 
+EXAMPLES = """examples:
+  dreamllm convert --input ./DreamLLM-7B --output ./dreamllm-7b --dtype bfloat16
+  dreamllm convert --input ./DreamLLM-7B --output ./dreamllm-7b --push-to-hub my-name/dreamllm-7b
+  dreamllm convert --from-components --llm ./vicuna-7b --vision ./clip-vit-l-14 --diffusion ./sd-2-1-base --output ./new
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser):
     """Adds the options of `dreamllm convert` to `parser`."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
     parser.add_argument("--input", metavar="DIR", help="Original DreamLLM release (config.json, weights, plugin .bin).")
     parser.add_argument("--output", metavar="DIR", required=True, help="Folder to write, once complete.")
     parser.add_argument("--dtype", choices=list(DTYPE_CHOICES), default="auto", help="auto keeps the stored dtype.")
     parser.add_argument("--force", action="store_true", help="Replace an existing model at --output.")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload the result to this Hub model repo.")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload the result and a model card to this Hub model repo.")
+    parser.add_argument("--license", help="The license the uploaded card declares (e.g. llama2, apache-2.0).")
     parser.add_argument(
         "--vision-config",
         metavar="DIR",
@@ -57,13 +66,13 @@ def run(args: argparse.Namespace) -> int:
         output = build_from_components(
             args.llm, args.vision, args.diffusion, args.output, num_dream_queries=args.num_dream_queries,
             dtype=args.dtype, seed=args.seed, force=args.force, max_shard_size=args.max_shard_size,
-            push_to_hub=args.push_to_hub,
+            push_to_hub=args.push_to_hub, license=args.license,
         )  # fmt: skip
     else:
         output = convert_original_checkpoint(
             args.input, args.output, dtype=args.dtype, vision_config=args.vision_config,
             diffusion_config=args.diffusion_config, force=args.force, max_shard_size=args.max_shard_size,
-            push_to_hub=args.push_to_hub,
+            push_to_hub=args.push_to_hub, license=args.license,
         )  # fmt: skip
     print(f"Wrote {output} in {time.perf_counter() - started:.1f} s")
     return 0

@@ -41,6 +41,7 @@ def build_from_components(
     force: bool = False,
     max_shard_size: int | str = "5GB",
     push_to_hub: str | None = None,
+    license: str | None = None,
 ) -> Path:
     """
     Builds an untrained DreamLLM from local components and saves it in the one-folder layout.
@@ -55,7 +56,8 @@ def build_from_components(
         seed: Seeds the new embedding rows, queries and projectors (the global random state is left as it was).
         force: Replace an existing model at `output_dir`.
         max_shard_size: Largest weights file written (bytes or a string such as `"5GB"`).
-        push_to_hub: A Hub repo id to upload the result to.
+        push_to_hub: A Hub repo id to upload the result to, with a model card.
+        license: The license the card declares (an SPDX id or a Hub license name).
 
     Returns:
         The output folder.
@@ -86,7 +88,8 @@ def build_from_components(
     )
     pipeline.save_pretrained(output_dir, max_shard_size=max_shard_size)
     if push_to_hub:
-        push_folder_to_hub(output_dir, push_to_hub, commit_message="Upload an untrained DreamLLM built from components")
+        push_folder_to_hub(output_dir, push_to_hub, commit_message="Upload an untrained DreamLLM built from components",
+                           license=license)
     return Path(output_dir)
 
 

@@ -18,7 +18,8 @@ from transformers import GenerationConfig
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from transformers.utils.hub import convert_file_size_to_int
 
-from dreamllm.file_utils import atomic_directory
+from dreamllm.file_utils import atomic_directory, remove_local_origins
+from dreamllm.hub_files import write_loader_files
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
 from dreamllm.modeling_dreamllm.modeling_dreamllm import apply_dreamllm_generation_defaults
 from dreamllm.pipelines import DreamLLMPipeline
@@ -76,6 +77,7 @@ def convert_original_checkpoint(
     force: bool = False,
     max_shard_size: int | str = "5GB",
     push_to_hub: str | None = None,
+    license: str | None = None,
 ) -> Path:
     """
     Converts an original DreamLLM release folder into one folder that `DreamLLMPipeline.from_pretrained`, the
@@ -94,7 +96,8 @@ def convert_original_checkpoint(
         force: Replace an existing converted model at `output_dir`.
         max_shard_size: Largest weights file written (bytes or a string such as `"5GB"`); memory does not depend
             on it.
-        push_to_hub: A Hub repo id to upload the converted folder to.
+        push_to_hub: A Hub repo id to upload the converted folder to, with a model card.
+        license: The license the card declares (an SPDX id or a Hub license name, e.g. `"llama2"`).
 
     Returns:
         The converted folder.
@@ -121,7 +124,7 @@ def convert_original_checkpoint(
     logger.info("Converted %s to %s (%s)", checkpoint.folder, output_dir, target_dtype)
     if push_to_hub:
         message = f"Convert the original DreamLLM checkpoint ({target_dtype})"
-        push_folder_to_hub(output_dir, push_to_hub, commit_message=message)
+        push_folder_to_hub(output_dir, push_to_hub, commit_message=message, license=license)
     return Path(output_dir)
 
 
@@ -299,6 +302,8 @@ def write_configs(pipeline: DreamLLMPipeline, generation_config: GenerationConfi
     pipeline.vae.save_config(folder / "vae")
     pipeline.scheduler.save_pretrained(folder / "scheduler")
     pipeline.save_config(folder)
+    remove_local_origins(folder)
+    write_loader_files(folder)
 
 
 def write_weights(

@@ -1,8 +1,11 @@
-"""Uploading a converted folder to the Hugging Face Hub."""
+"""Uploading a converted folder to the Hugging Face Hub, with its model card."""
 
 import os
+from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from dreamllm.pipelines.hub import pipeline_model_card
 
 
 def push_folder_to_hub(
@@ -12,12 +15,26 @@ def push_folder_to_hub(
     commit_message: str = "Upload DreamLLM",
     private: bool | None = None,
     token: str | None = None,
+    license: str | None = None,
 ) -> str:
     """
-    Uploads every file of `folder` (a converted DreamLLM) to the model repo `repo_id`, creating the repo if needed.
-    The folder is uploaded as written, so nothing is loaded into memory. Returns the URL of the commit.
+    Uploads every file of `folder` (a converted DreamLLM) to the model repo `repo_id` in one commit, creating the repo
+    if needed, with a model card (`README.md`, see `pipeline_model_card`) declaring `license`. Files are streamed
+    from disk as written, so nothing is loaded into memory. Prints and returns the URL of the repo.
     """
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
-    return commit.commit_url
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+    card = pipeline_model_card(repo_url.repo_id, license=license)
+    operations = [*folder_operations(Path(folder)),
+                  CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())]
+    api.create_commit(repo_id=repo_url.repo_id, operations=operations, commit_message=commit_message)
+    print(f"Uploaded {Path(folder).name} to {repo_url}")
+    return str(repo_url)
+
+
+def folder_operations(folder: Path) -> list[CommitOperationAdd]:
+    """One upload per file of `folder` (its own `README.md` aside: the card replaces it), at its relative path."""
+    return [
+        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+        for path in sorted(folder.rglob("*")) if path.is_file() and path.relative_to(folder).as_posix() != "README.md"
+    ]

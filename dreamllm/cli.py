@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
+
 SUBCOMMANDS = {
     "generate": ("dreamllm.pipelines.cli", "Write a document of text and images from a prompt."),
     "convert": ("dreamllm.conversion.cli", "Convert an original DreamLLM release into the Hugging Face layout."),
@@ -20,6 +22,7 @@ USER_ERRORS = (ValueError, OSError)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamllm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

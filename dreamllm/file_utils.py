@@ -5,8 +5,10 @@ A folder `out` is written in `.out.partial` beside it. Once complete, the stagin
 folders from which [`recover_directory`] (run before every new write of `out`) completes the replacement or rolls it
 back: an interrupted write is discarded, a complete new folder is moved in, the old one restored only if no complete
 new one exists. Folders are created with `mkdir`, so they get the permissions of the process's umask.
+[`remove_local_origins`] keeps the paths of this machine out of what is written.
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -145,3 +147,26 @@ def current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def is_local_path(value: str) -> bool:
+    """Whether `value` names a place on this machine (an absolute path, `~/...`, or an existing relative path)."""
+    path = Path(value).expanduser()
+    return path.is_absolute() or path.exists()
+
+
+def remove_local_origins(folder: str | os.PathLike):
+    """
+    Drops the `_name_or_path` entries that name a local folder from the JSON files under `folder`: diffusers writes
+    where each component was loaded from, which would put a path of this machine into a saved model. A Hub repo id
+    is kept. Rewritten files keep diffusers' layout (sorted keys, two-space indent).
+    """
+    for path in sorted(Path(folder).rglob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        if '"_name_or_path"' not in text:
+            continue
+        config = json.loads(text)
+        origin = config.get("_name_or_path") if isinstance(config, dict) else None
+        if isinstance(origin, str) and is_local_path(origin):
+            del config["_name_or_path"]
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -6,7 +6,17 @@ import json
 from .presets import PRESETS, TASKS
 
 
+EXAMPLES = """examples:
+  dreamllm evaluate vqa --model ./dreamllm-7b --data vqav2_val.jsonl --preset vqav2 --output ./eval-vqav2
+  dreamllm evaluate caption --model ./dreamllm-7b --data captions_val2014.json --preset coco-caption --limit 500
+  accelerate launch -m dreamllm.cli evaluate pope --model ./dreamllm-7b --data pope_adversarial.jsonl --preset pope
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser):
+    """Adds the options of `dreamllm evaluate` to `parser`."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
     parser.add_argument("task", choices=TASKS, help="what to evaluate")
     parser.add_argument("--model", default=None, help="a saved DreamLLMPipeline folder or Hub repo (default: the toy model)")
     parser.add_argument("--data", required=True, help="a .jsonl / .json / .tsv file, a datasets folder or dataset name")

@@ -332,12 +332,17 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        run_unused_modules: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.FloatTensor, BlockLayout, BaseModelOutputWithPooling | None]:
         """
         Token embeddings of `input_ids` (or the given `inputs_embeds`, whose blocks are found from the embeddings of the
         block tokens) with the dream queries written into dream blocks and the image features of `pixel_values` (one
         image per image block, in row-major order) written into image blocks.
+
+        With `run_unused_modules`, the dream queries run even when the input holds no dream block, and the vision
+        tower and projector (on one blank image) even when it holds no image, each where it runs otherwise and
+        adding exactly zero, so that the modules run in the same order whatever the input holds.
 
         Returns:
             The input embeddings, the block layout and the vision outputs of `get_image_features` (or `None`).
@@ -358,33 +363,44 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(
                 layout.dream_patch_mask.unsqueeze(-1), queries.to(inputs_embeds.device, inputs_embeds.dtype)
             )
+        elif run_unused_modules:
+            inputs_embeds = inputs_embeds + self.unused_dream_queries_term(inputs_embeds)
         image_outputs = None
         if num_images:
             image_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
             image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(layout.image_patch_mask.unsqueeze(-1), image_features)
+        elif run_unused_modules:
+            inputs_embeds = inputs_embeds + self.unused_vision_term(inputs_embeds)
         return inputs_embeds, layout, image_outputs
 
-    def unused_modules_zero_term(
-        self, layout: BlockLayout, image_outputs: BaseModelOutputWithPooling | None
-    ) -> torch.FloatTensor:
+    # The unused-module terms below are exactly zero but depend on a module the batch did not use. Added in training
+    # where the module runs otherwise (dream queries, then vision tower and projector, before the language model;
+    # the dream projector after it, see `unused_dream_conditions`), they give its parameters zero gradients and keep
+    # the order in which modules run and gradients become ready the same whatever a batch holds, so every process of
+    # a sharded run (FSDP, ZeRO, whose gradient buckets and module traces follow that order) runs the same
+    # collectives on the same parameters. They take no parameter directly, only module outputs, so ZeRO-3 gathers
+    # parameters through its module hooks alone.
+
+    def unused_dream_queries_term(self, like: torch.FloatTensor) -> torch.FloatTensor:
+        """Zero from the dream queries of one dream block, on `like`'s device and dtype."""
+        index = torch.arange(self.config.num_dream_queries, device=self.dream_queries.weight.device)
+        return self.dream_queries(index).sum().to(like.device, like.dtype) * 0.0
+
+    def unused_vision_term(self, like: torch.FloatTensor) -> torch.FloatTensor:
+        """Zero from the vision tower and projector run on one blank image, on `like`'s device and dtype."""
+        vision_config = self.config.vision_config
+        blank_image = like.new_zeros(1, vision_config.num_channels, vision_config.image_size, vision_config.image_size)
+        return self.get_image_features(blank_image).pooler_output.sum().to(like.device, like.dtype) * 0.0
+
+    def unused_dream_conditions(self, like: torch.FloatTensor) -> torch.FloatTensor:
         """
-        A scalar that is exactly zero but depends on every module the batch did not use: the vision tower and vision
-        projector (run on one blank image) when it holds no image, the dream queries and dream projector when it holds
-        no dream block. Added to the outputs in training, it gives those parameters zero gradients, so that every
-        process of a sharded run (FSDP, ZeRO) runs the same modules and collectives whatever its batch holds.
+        The conditions of no dream block, `(0, num_dream_queries, condition_dim)`, from the dream projector run on an
+        empty input: returned in training for a batch without dream blocks, so that the projector runs and its (zero)
+        gradients arrive from the loss's diffusion part, as those of real conditions do (a loss must use
+        `dream_conditions`, e.g. add `dream_conditions.sum() * 0` when it is empty, as `DreamLLMTrainer` does).
         """
-        projector_weight = self.vision_projector.weight
-        zero_term = projector_weight.new_zeros(())
-        if image_outputs is None:
-            vision_config = self.config.vision_config
-            blank_image = projector_weight.new_zeros(
-                1, vision_config.num_channels, vision_config.image_size, vision_config.image_size
-            )
-            zero_term = zero_term + self.get_image_features(blank_image).pooler_output.sum() * 0.0
-        if not layout.num_dream_blocks:
-            zero_term = zero_term + self.project_dream_states(self.dream_queries.weight).sum() * 0.0
-        return zero_term
+        return self.project_dream_states(like.new_zeros(0, self.config.num_dream_queries, like.shape[-1]))
 
     @can_return_tuple
     @warn_on_old_cache_argument
@@ -417,18 +433,18 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             output_attentions, output_hidden_states:
                 Returned for the language model, and for the vision tower in `image_outputs`.
 
-        In training mode with gradients enabled, the vision tower and projector and the dream queries and projector
-        run on every call, contributing exactly zero when the batch holds no image or no dream block (see
-        `unused_modules_zero_term`); in evaluation or under `torch.no_grad` nothing extra runs.
+        In training mode with gradients enabled, the dream queries, the vision tower and projector and the dream
+        projector run on every call, in that order, contributing exactly zero when the batch holds no dream block or
+        no image (see `unused_dream_queries_term`, `unused_vision_term`; `dream_conditions` is then an empty tensor,
+        see `unused_dream_conditions`); in evaluation or under `torch.no_grad` nothing extra runs.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         vision_kwargs = {key: kwargs[key] for key in ("output_attentions", "output_hidden_states") if key in kwargs}
+        run_unused_modules = self.training and torch.is_grad_enabled()
         inputs_embeds, layout, image_outputs = self.embed_multimodal_inputs(
-            input_ids, pixel_values, inputs_embeds, **vision_kwargs
+            input_ids, pixel_values, inputs_embeds, run_unused_modules, **vision_kwargs
         )
-        if self.training and torch.is_grad_enabled():  # before the language model, where images are embedded
-            inputs_embeds = inputs_embeds + self.unused_modules_zero_term(layout, image_outputs)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -444,6 +460,8 @@ class DreamLLMModel(DreamLLMPreTrainedModel):
             dream_states = last_hidden_state[layout.dream_patch_mask.to(last_hidden_state.device)]
             dream_states = dream_states.view(layout.num_dream_blocks, self.config.num_dream_queries, -1)
             dream_conditions = self.project_dream_states(dream_states)
+        elif run_unused_modules:
+            dream_conditions = self.unused_dream_conditions(last_hidden_state)
         return DreamLLMModelOutputWithPast(
             last_hidden_state=last_hidden_state,
             **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},

@@ -16,6 +16,7 @@ import torch
 import transformers.utils.logging
 
 from dreamllm.file_utils import write_file_atomically
+from dreamllm.processing.images import open_image
 
 from .pipeline_dreamllm import DreamLLMPipeline
 from .streaming import DocumentDone, ImageDone, ImageStarted, TextDelta
@@ -233,15 +234,6 @@ def write_pages(document: list, folder: Path, prompt: str, settings: Settings):
     write_file_atomically(folder / "index.html", lambda path: path.write_text(page, encoding="utf-8"))
     markdown = "\n\n".join(markdown_parts) + "\n"
     write_file_atomically(folder / "document.md", lambda path: path.write_text(markdown, encoding="utf-8"))
-
-
-def open_image(path: Path) -> PIL.Image.Image:
-    """Opens an image as RGB, with a one-line error naming the file when it cannot be read."""
-    try:
-        with PIL.Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise OSError(f"cannot read image {path}: {error}") from error
 
 
 def whole_number(minimum: int):

@@ -2,6 +2,8 @@
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from dreamllm.hub_files import hub_model_id
+
 PIPELINE_TAG = "image-text-to-text"
 TAGS = ["dreamllm", "text-to-image", "image-text-to-text", "interleaved-generation", "multimodal"]
 
@@ -20,6 +22,9 @@ Install the `dreamllm` package from its source (it is not on PyPI; run this in a
 pip install .
 ```
 
+Without the package, or without `trust_remote_code=True`, the generic entry points below fail: the repo's
+`dreamllm_loader.py` only imports the installed package (it holds no model code).
+
 ```python
 import torch
 from dreamllm import DreamLLMPipeline
@@ -35,7 +40,18 @@ for part in output.documents[0]:
 image = pipe.text_to_image("A photo of a cat", generator=torch.Generator().manual_seed(0)).images[0]
 ```
 
-The same folder loads with transformers once `dreamllm` is imported:
+The generic entry points load it too, with `trust_remote_code=True` (no `import dreamllm` needed):
+
+```python
+from diffusers import DiffusionPipeline
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+```
+
+The transformers task pipelines need `import dreamllm` (it registers the DreamLLM tasks):
 
 ```python
 import dreamllm
@@ -49,9 +65,13 @@ From the command line: `dreamllm generate "Write a short illustrated story about
 '''
 
 
-def pipeline_model_card(repo_id: str) -> ModelCard:
-    """The model card of an uploaded DreamLLMPipeline: metadata (library, pipeline tag, tags) and a usage snippet."""
-    metadata = ModelCardData(library_name="diffusers", pipeline_tag=PIPELINE_TAG, tags=TAGS)
+def pipeline_model_card(repo_id: str, license: str | None = None, base_model: str | None = None) -> ModelCard:
+    """
+    The model card of an uploaded DreamLLMPipeline: metadata (library, the pipeline tag of the task that loads,
+    tags, `license` and `base_model` when known; a local path is never written as `base_model`) and usage snippets.
+    """
+    metadata = ModelCardData(library_name="diffusers", pipeline_tag=PIPELINE_TAG, tags=TAGS, license=license,
+                             base_model=hub_model_id(base_model))
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{USAGE.format(repo_id=repo_id)}")
 
 

@@ -24,13 +24,14 @@ from huggingface_hub import HfApi, snapshot_download
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.generation.streamers import BaseStreamer
-from transformers.image_utils import load_image
 
 import diffusers
-from dreamllm.file_utils import atomic_directory
+from dreamllm.file_utils import atomic_directory, remove_local_origins
+from dreamllm.hub_files import write_loader_files
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
 from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
 from dreamllm.processing import DreamLLMProcessor
+from dreamllm.processing.images import load_image
 
 from .hub import pipeline_model_card
 from .interleaved import DocumentBatch, DocumentRow, DocumentRun, ForwardChunk
@@ -795,6 +796,7 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
 
     def string_prompt(self, prompt: str, images: list, use_chat_template: bool) -> tuple[str, list]:
         """A string prompt and its images as prompt text: placeholders filled, or images shown before the text."""
+        self.processor.check_text(prompt, "prompt")
         num_placeholders = prompt.count(self.processor.image_token)
         if num_placeholders and num_placeholders != len(images):
             raise ValueError(
@@ -1139,6 +1141,8 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
                 getattr(self, name).save_pretrained(staging / name, **weights_kwargs)
             self.scheduler.save_pretrained(staging / "scheduler")
             self.save_config(staging)
+            remove_local_origins(staging)
+            write_loader_files(staging)
 
     def push_to_hub(
         self,

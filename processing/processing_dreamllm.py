@@ -1,12 +1,28 @@
 """Processor of DreamLLM: the Llama tokenizer plus the CLIP image processor, with DreamLLM's image and dream blocks."""
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+from tokenizers import Tokenizer
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
+
+from .images import prepare_images
+from .tokenization_dreamllm import _read_json
+
+# The files of a saved processor that are JSON, beside `tokenizer.json` (which must also be a `tokenizers` file).
+PROCESSOR_JSON_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "chat_template.json",
+)
 
 # Vicuna v1.1, the conversation format of DreamLLM's instruction tuning: "<system> USER: <msg> ASSISTANT: <msg></s>".
 # Images a user shows are `<image>` placeholders (the processor expands them); images the assistant draws are
@@ -38,13 +54,41 @@ VICUNA_V1_1_CHAT_TEMPLATE = (
 )
 
 
+def find_reserved_tokens(text: str, reserved_tokens: Iterable[str]) -> list[str]:
+    """The tokens of `reserved_tokens` that `text` holds literally, in the order of `reserved_tokens`."""
+    return [token for token in reserved_tokens if token in text]
+
+
+def check_processor_files(folder: str | os.PathLike) -> None:
+    """
+    Reads the processor files of a local `folder` before transformers does: each JSON file present parses, and
+    `tokenizer.json` is a `tokenizers` file.
+
+    Raises:
+        `ValueError`: naming the damaged file and what is wrong with it.
+    """
+    folder = Path(folder)
+    for name in PROCESSOR_JSON_FILES:
+        if (folder / name).is_file():
+            _read_json(folder / name)
+    tokenizer_file = folder / "tokenizer.json"
+    if tokenizer_file.is_file():
+        _read_json(tokenizer_file)
+        try:
+            Tokenizer.from_file(str(tokenizer_file))
+        except Exception as error:  # tokenizers raises a bare `Exception` for a file it cannot read
+            raise ValueError(f"{tokenizer_file} is not a tokenizers file: {error}") from error
+
+
 class DreamLLMProcessor(ProcessorMixin):
     r"""
     Prepares interleaved text and images for [`DreamLLMForCausalLM`] and turns generated ids back into documents.
 
     In the text, `<image>` marks an input image: it becomes `<im_start>` + `num_image_tokens` x `<im_patch>` +
     `<im_end>`, and the image goes through the CLIP image processor. `<dream>` marks an image for the model to draw:
-    it becomes `<dream_start>` + `num_dream_queries` x `<im_patch>` + `<dream_end>`.
+    it becomes `<dream_start>` + `num_dream_queries` x `<im_patch>` + `<dream_end>`. Only these expansions write
+    block tokens: text that holds `<im_patch>`, `<im_start>`, `<im_end>`, `<dream_start>` or `<dream_end>` itself is
+    refused with a `ValueError` (see [`~DreamLLMProcessor.check_text`]).
 
     Args:
         image_processor ([`CLIPImageProcessor`]):
@@ -76,6 +120,19 @@ class DreamLLMProcessor(ProcessorMixin):
         self.image_token_id = tokenizer.image_token_id
         super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_V1_1_CHAT_TEMPLATE)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DreamLLMProcessor":
+        """
+        As [`~transformers.ProcessorMixin.from_pretrained`]; the files of a local folder are checked first.
+
+        Raises:
+            `ValueError`: naming a damaged file of the folder (see [`check_processor_files`]).
+        """
+        folder = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
+        if folder.is_dir():
+            check_processor_files(folder)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def __call__(
         self,
         images: ImageInput | None = None,
@@ -84,17 +141,66 @@ class DreamLLMProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """
         Tokenizes `text` with `<image>` and `<dream>` expanded, and prepares `images` (one per `<image>`, in order).
+        16-bit greyscale images are scaled to 8 bit and 2-D greyscale arrays get three channels (see
+        [`~processing.images.prepare_images`]).
 
         Returns:
             [`BatchFeature`] with `input_ids`, `attention_mask` and, when images are given, `pixel_values`.
 
         Raises:
-            `ValueError`: when the number of images differs from the number of `<image>` placeholders.
+            `TypeError`: when `text` is not a string or a list of strings, or an image is `None`.
+            `ValueError`: when the number of images differs from the number of `<image>` placeholders, `text` is an
+                empty list, or the text holds a block token (see [`~DreamLLMProcessor.check_text`]).
         """
         if text is not None:
-            text = [text] if isinstance(text, str) else list(text)
+            text = self.text_samples(text)
+            for index, sample in enumerate(text):
+                self.check_text(sample, f"text[{index}]")
             text = [self.expand_dream_placeholders(sample) for sample in text]
+        if images is not None:
+            images = prepare_images(images)
         return super().__call__(images=images, text=text, **kwargs)
+
+    @staticmethod
+    def text_samples(text) -> list[str]:
+        """`text` (a string or a list of strings) as a list of strings; a `TypeError` naming a wrong entry."""
+        samples = [text] if isinstance(text, str) else text
+        if not isinstance(samples, (list, tuple)):
+            raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+        if not samples:
+            raise ValueError("text is an empty list; give a string or a list of strings")
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, str):
+                raise TypeError(f"text[{index}] must be a string, got {type(sample).__name__}")
+        return list(samples)
+
+    @property
+    def block_tokens(self) -> tuple[str, ...]:
+        """The tokens that only the processor writes, as parts of image and dream blocks."""
+        tokenizer = self.tokenizer
+        return (
+            tokenizer.image_patch_token,
+            tokenizer.image_start_token,
+            tokenizer.image_end_token,
+            tokenizer.dream_start_token,
+            tokenizer.dream_end_token,
+        )
+
+    def check_text(self, text: str, argument: str = "text") -> None:
+        """
+        Refuses `text` (called `argument` in the error) when it holds a block token: typed by a user, it would reach
+        the model as a reserved id and break the layout of image and dream blocks.
+
+        Raises:
+            `ValueError`: naming the block tokens found.
+        """
+        found = find_reserved_tokens(text, self.block_tokens)
+        if found:
+            raise ValueError(
+                f"{argument} holds the reserved token(s) {', '.join(found)}, which only the processor writes; "
+                f"mark an input image with {self.tokenizer.image_token} and an image to draw with "
+                f"{self.tokenizer.dream_token}"
+            )
 
     @property
     def image_block(self) -> str:
@@ -187,4 +293,10 @@ class DreamLLMProcessor(ProcessorMixin):
         return position
 
 
-__all__ = ["DreamLLMProcessor", "VICUNA_V1_1_CHAT_TEMPLATE", "VICUNA_V1_1_SYSTEM_MESSAGE"]
+__all__ = [
+    "DreamLLMProcessor",
+    "VICUNA_V1_1_CHAT_TEMPLATE",
+    "VICUNA_V1_1_SYSTEM_MESSAGE",
+    "check_processor_files",
+    "find_reserved_tokens",
+]

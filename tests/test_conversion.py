@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from huggingface_hub import RepoUrl
 from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -655,11 +656,11 @@ class RecordingHubApi:
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def upload_folder(self, **kwargs):
-        folder = Path(kwargs["folder_path"])
-        self.calls.append(("upload_folder", kwargs["repo_id"], sorted(p.name for p in folder.iterdir())))
-        return argparse.Namespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0")
+    def create_commit(self, repo_id, operations, **kwargs):
+        self.calls.append(("create_commit", repo_id, sorted(operation.path_in_repo.split("/")[0]
+                                                            for operation in operations)))
 
 
 def test_cli_converts_and_pushes_the_folder(official_tiny, tmp_path, monkeypatch, capsys):
@@ -670,7 +671,9 @@ def test_cli_converts_and_pushes_the_folder(official_tiny, tmp_path, monkeypatch
     assert cli_main([*arguments, "--dtype", "bfloat16", "--push-to-hub", "me/dreamllm-tiny"]) == 0
     assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"
     assert RecordingHubApi.calls[1] == ("create_repo", "me/dreamllm-tiny", {"private": None, "exist_ok": True})
-    assert RecordingHubApi.calls[2][:2] == ("upload_folder", "me/dreamllm-tiny")
+    assert RecordingHubApi.calls[2][:2] == ("create_commit", "me/dreamllm-tiny")
+    assert "README.md" in RecordingHubApi.calls[2][2]
+    assert "Uploaded converted to https://huggingface.co/me/dreamllm-tiny" in capsys.readouterr().out
     assert {"config.json", "model_index.json", "unet", "vae", "scheduler"} <= set(RecordingHubApi.calls[2][2])
     assert cli_main(arguments) == 2
     assert "already exists" in capsys.readouterr().err

@@ -85,8 +85,9 @@ def test_adapter_folder_holds_adapter_processor_and_card(trained):
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= files
     assert "model.safetensors" not in files and "unet" not in files
     card = (trained.folder / "README.md").read_text()
-    assert "library_name: peft" in card and "- dreamllm" in card and f'from_pretrained("{trained.base}")' in card
-    assert f'load_adapter("{trained.folder}")' in card  # the folder it was saved to, not the staging folder
+    assert "library_name: peft" in card and "- dreamllm" in card and 'from_pretrained("path/to/base-dreamllm")' in card
+    assert str(trained.base) not in card and str(trained.folder.parent) not in card  # no local path is published
+    assert f'load_adapter("{trained.folder.name}")' in card  # the folder it was saved to, not the staging folder
 
 
 def test_adapter_loads_with_peft_and_with_load_adapter_and_merges(trained):
@@ -135,7 +136,8 @@ def test_push_to_hub_uploads_the_adapter_with_a_model_card(trained, monkeypatch)
     files = calls[1][2]["files"]
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files.keys()
     card = files["README.md"].decode()
-    assert "library_name: peft" in card and "someone/dreamllm-lora" in card and f"base_model: {trained.base}" in card
+    assert "library_name: peft" in card and "someone/dreamllm-lora" in card
+    assert str(trained.base) not in card and "base_model" not in card.split("---")[1]  # a local base is never published
 
 
 def test_transformers_adapter_api_works_on_the_installed_peft():

@@ -163,7 +163,7 @@ def test_hub_id_takes_the_same_options_and_downloads_with_only_the_download_ones
     )
     assert calls == [("someone/dreamllm-tiny", {"revision": "main", "token": "hf_test", "local_files_only": True})]
     assert dtypes(pipe) == {"model": torch.bfloat16, "unet": torch.float32, "vae": torch.float32}
-    assert json.loads((saved_variant / "model_index.json").read_text())["_class_name"] == "DreamLLMPipeline"
+    assert json.loads((saved_variant / "model_index.json").read_text())["_class_name"] == ["dreamllm_loader", "DreamLLMPipeline"]
     with pytest.raises(TypeError, match="unsupported argument\\(s\\): proxy"):
         DreamLLMPipeline.from_pretrained("someone/dreamllm-tiny", proxy="http://x")
     assert len(calls) == 1  # refused before any download

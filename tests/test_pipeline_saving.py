@@ -65,7 +65,7 @@ def test_layout_has_each_weight_once(saved):
     with safe_open(saved / "model.safetensors", "pt") as weights_file:
         assert not [key for key in weights_file.keys() if key.startswith(("unet", "vae"))]
     model_index = json.loads((saved / "model_index.json").read_text())
-    assert model_index["_class_name"] == "DreamLLMPipeline"
+    assert model_index["_class_name"] == ["dreamllm_loader", "DreamLLMPipeline"]  # the custom pipeline of the folder
     assert model_index["scheduler"] == ["diffusers", "DDPMScheduler"]
 
 

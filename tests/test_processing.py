@@ -131,3 +131,169 @@ def test_processor_on_the_released_tokenizer_reproduces_the_original_ids_and_pix
     images = [Image.open(official_tiny / "inputs" / f"image_{i}.png").convert("RGB") for i in range(2)]
     pixel_values = torch.cat([processor.image_processor(image, return_tensors="pt")["pixel_values"] for image in images])
     assert (pixel_values - golden_pixels).abs().max().item() <= 1e-6
+
+
+BLOCK_TOKENS = ["<im_patch>", "<im_start>", "<im_end>", "<dream_start>", "<dream_end>"]
+
+
+@pytest.mark.parametrize(
+    "text, num_images",
+    [
+        ("<image><im_patch> What is it?", 1),
+        ("hello <dream_start> world", 0),
+        ("a <dream_end>", 0),
+        ("<im_start>", 0),
+        ("look <image> then <im_end> here", 1),
+        ("<dream> and <im_patch><im_patch>", 0),
+        ("<IMAGE> is fine but <dream_start><dream_end> is not", 0),
+    ],
+)
+def test_text_holding_block_tokens_is_refused_naming_the_token(processor, text, num_images):
+    found = [token for token in BLOCK_TOKENS if token in text]
+    with pytest.raises(ValueError, match=r"text\[0\] holds the reserved token\(s\) " + ", ".join(found)) as error:
+        processor(text=text, images=[gradient_image()] * num_images or None)
+    assert "<image>" in str(error.value) and "<dream>" in str(error.value)
+
+
+def test_block_tokens_in_any_sample_or_chat_message_are_refused(processor):
+    with pytest.raises(ValueError, match=r"text\[1\] holds the reserved token\(s\) <im_patch>"):
+        processor(text=["fine", "not <im_patch> fine"])
+    messages = [{"role": "user", "content": [{"type": "text", "text": "draw <dream_start> now"}]}]
+    with pytest.raises(ValueError, match="<dream_start>"):
+        processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+
+
+def test_pipeline_prompt_with_block_tokens_is_refused():
+    from dreamllm.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match=r"prompt holds the reserved token\(s\) <im_patch>"):
+        pipe("Show me <im_patch> a red circle.", max_new_tokens=2)
+    for use_chat_template in (True, False):
+        with pytest.raises(ValueError, match="<dream_end>"):
+            pipe(["fine", "a <dream_end>"], max_new_tokens=2, use_chat_template=use_chat_template)
+    with pytest.raises(ValueError, match="<im_start>"):
+        pipe([{"role": "user", "content": "see <im_start>"}], max_new_tokens=2)
+    with pytest.raises(ValueError, match="<im_end>"):
+        pipe.text_to_image("a red circle", negative_prompt="an <im_end>", num_inference_steps=1)
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [(5, "text must be a string or a list of strings, got int"), (["a", None], r"text\[1\] must be a string, got NoneType"),
+     ([["pre", "tokenized"]], r"text\[0\] must be a string, got list"), ({"a": 1}, "got dict")],
+)
+def test_text_of_the_wrong_type_is_refused_naming_the_argument(processor, text, error):
+    with pytest.raises(TypeError, match=error):
+        processor(text=text)
+
+
+def test_random_texts_give_consistent_blocks_or_a_clear_error(processor):
+    """Over many random mixes of words, placeholders and block tokens: the patch count always matches, or it fails."""
+    tokenizer = processor.tokenizer
+    rng = np.random.default_rng(0)
+    pieces = ["cat", " ", "draw", "<image>", "<dream>", "\n", "<s>", "</s>", "<im", "patch>", *BLOCK_TOKENS]
+    num_checked = num_refused = 0
+    for _ in range(300):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(1, 8))))
+        num_images, num_dreams = text.count("<image>"), text.count("<dream>")
+        images = [gradient_image()] * num_images or None
+        if any(token in text for token in BLOCK_TOKENS):
+            with pytest.raises(ValueError, match="reserved token"):
+                processor(text=text, images=images)
+            num_refused += 1
+            continue
+        ids = processor(text=text, images=images)["input_ids"][0]
+        expected = num_images * processor.num_image_tokens + num_dreams * processor.num_dream_queries
+        assert ids.count(tokenizer.image_patch_token_id) == expected, text
+        assert ids.count(tokenizer.image_start_token_id) == num_images, text
+        assert ids.count(tokenizer.dream_start_token_id) == num_dreams, text
+        num_checked += 1
+    assert num_checked > 50 and num_refused > 50
+
+
+def sixteen_bit_ramp(mode):
+    """A 16-bit greyscale ramp over 0-65535 as a PIL image of `mode`, and its expected 8-bit RGB reading."""
+    levels = np.linspace(0, 65535, 30 * 20).reshape(20, 30).astype(np.uint16)
+    image = Image.fromarray(levels if mode == "I;16" else levels.astype(np.int32))
+    grey = np.rint(levels / 257).astype(np.uint8)
+    return image, Image.fromarray(np.stack([grey] * 3, -1))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_sixteen_bit_images_are_scaled_to_eight_bits(processor, mode):
+    image, expected = sixteen_bit_ramp(mode)
+    assert image.mode == mode
+    assert (np.asarray(image.convert("RGB")) == 255).mean() > 0.99  # PIL's conversion alone clips it to white
+    pixel_values = processor(text="<image>", images=[image], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixel_values, processor(text="<image>", images=[expected], return_tensors="pt")["pixel_values"])
+    assert pixel_values.std() > 0.1
+
+
+def test_two_dimensional_greyscale_arrays_are_read_as_greyscale(processor):
+    grey = np.asarray(gradient_image("L"))
+    expected = processor(text="<image>", images=[gradient_image("L")], return_tensors="pt")["pixel_values"]
+    for image in (grey, torch.from_numpy(grey.copy())):
+        pixel_values = processor(text="<image>", images=[image], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(pixel_values, expected)
+
+
+@pytest.mark.parametrize(
+    "images, error, message",
+    [
+        ([None], TypeError, r"images\[0\] is None"),
+        ([gradient_image(), None], TypeError, r"images\[1\] is None"),
+        ([np.zeros(5, np.uint8)], ValueError, r"images\[0\] has shape \(5,\); an image is"),
+        ([gradient_image(), 5], TypeError, r"images\[1\] must be a PIL image, a numpy array, a torch tensor or a path, got int"),
+        ([np.zeros((1, 1, 1, 1, 9), np.uint8)], ValueError, r"images\[0\] has shape \(1, 1, 1, 1, 9\)"),
+    ],
+)
+def test_bad_images_get_one_line_errors_naming_the_entry(processor, images, error, message):
+    with pytest.raises(error, match=message) as raised:
+        processor(text="<image>" * len(images), images=images)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_decompression_bomb_is_an_oserror_naming_the_file(tmp_path, monkeypatch, capsys):
+    from dreamllm.cli import main
+    from dreamllm.processing.images import open_image
+
+    path = tmp_path / "bomb.png"
+    gradient_image().save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 600-pixel picture is then over twice the limit
+    with pytest.raises(OSError, match=f"cannot read image {path}: it is too large"):
+        open_image(path)
+    code = main(["generate", "A prompt", "--image", str(path), "--output", str(tmp_path / "out")])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(errors) == 1 and "too large" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_opening_sixteen_bit_files_scales_them(processor, tmp_path):
+    from dreamllm.processing.images import open_image
+
+    image, expected = sixteen_bit_ramp("I;16")
+    image.save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "deep.png")), np.asarray(expected))
+    expected_pixels = processor(text="<image>", images=[expected], return_tensors="pt")["pixel_values"]
+    for path in (tmp_path / "deep.png", str(tmp_path / "deep.png")):
+        pixel_values = processor(text="<image>", images=[path], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(pixel_values, expected_pixels)
+
+
+def test_an_empty_text_list_is_refused(processor):
+    with pytest.raises(ValueError, match="text is an empty list"):
+        processor(text=[])
+
+
+def test_image_paths_are_loaded_by_one_rule_in_processor_and_pipeline(tmp_path, monkeypatch):
+    from dreamllm.pipelines.pipeline_dreamllm import as_image_list
+    from dreamllm.processing.images import load_image
+
+    image, expected = sixteen_bit_ramp("I;16")
+    image.save(tmp_path / "deep.png")
+    for loaded in (load_image(str(tmp_path / "deep.png")), as_image_list(str(tmp_path / "deep.png"))[0]):
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(expected))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(OSError, match="deep.png: it is too large"):
+        as_image_list([str(tmp_path / "deep.png")])

@@ -412,3 +412,50 @@ def test_tiny_tokenizer_survives_reload(tmp_path):
     assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert len(reloaded) == len(tokenizer)
     assert reloaded.image_end_token_id == tokenizer.image_end_token_id
+
+
+DAMAGED_TOKENIZER_FILES = [
+    ("truncated", lambda text: text[:500], "is not a valid JSON file"),
+    ("empty", lambda text: "", "is not a valid JSON file"),
+    ("not a tokenizer", lambda text: '{"model": 1}', "is not a tokenizers file"),
+    ("not UTF-8", lambda text: "\udcff", "is not a valid JSON file"),
+]
+
+
+def damage(path, change):
+    path.write_bytes(change(path.read_text(encoding="utf-8")).encode("utf-8", "surrogateescape"))
+
+
+@pytest.mark.parametrize("name, change, message", DAMAGED_TOKENIZER_FILES)
+def test_a_damaged_tokenizer_json_is_named_when_loading_the_processor(tmp_path, name, change, message):
+    from transformers import AutoProcessor
+
+    from dreamllm import DreamLLMProcessor
+    from dreamllm.testing import tiny_processor
+
+    tiny_processor().save_pretrained(tmp_path)
+    damage(tmp_path / "tokenizer.json", change)
+    for loader in (DreamLLMProcessor, AutoProcessor):
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / "tokenizer.json")) + " " + message):
+            loader.from_pretrained(tmp_path)
+
+
+def test_a_damaged_processor_config_is_named(tmp_path):
+    from dreamllm import DreamLLMProcessor
+    from dreamllm.testing import tiny_processor
+
+    tiny_processor().save_pretrained(tmp_path)
+    damage(tmp_path / "tokenizer_config.json", lambda text: text[:-3])
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "tokenizer_config.json")) + " is not a valid JSON"):
+        DreamLLMProcessor.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name, change, message", DAMAGED_TOKENIZER_FILES[::2])
+def test_a_damaged_tokenizer_json_is_named_when_loading_the_pipeline(tmp_path, name, change, message):
+    from dreamllm import DreamLLMPipeline
+    from dreamllm.testing import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path)
+    damage(tmp_path / "tokenizer.json", change)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "tokenizer.json")) + " is not"):
+        DreamLLMPipeline.from_pretrained(tmp_path)

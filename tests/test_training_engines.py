@@ -1,9 +1,12 @@
-"""Sharded engines on mixed data: two CPU processes (gloo) train the tiny model with DDP, DeepSpeed ZeRO-2 and FSDP2, while at every step one process holds captions, creations or plain text and the other something else.
-Every engine runs the same collectives on both processes and ends with the weights DDP ends with, with condition
-dropout, gradient checkpointing and accumulation; bf16 trains with DDP and FSDP2 (DeepSpeed bf16 needs an
-accelerator); every engine saves a complete fp32 pipeline.
+"""Sharded engines on mixed data: two CPU processes (gloo) train the tiny model with DDP, DeepSpeed ZeRO-2 and ZeRO-3 and FSDP2, while at every step one process holds captions, creations or plain text and the other something else.
+Every engine runs the same collectives on both processes and ends with the weights DDP ends with, without and with
+condition dropout, gradient checkpointing and accumulation; bf16 trains with DDP and FSDP2 (DeepSpeed bf16 needs an
+accelerator); every engine saves a complete fp32 pipeline; a ZeRO-2 or ZeRO-3 run checkpointed mid-run and resumed
+ends with the weights of the uninterrupted run (transformers refuses checkpoints of a model sharded at load time, the
+FSDP2 of this test).
 
-FSDP1, and accelerate's FSDP plugin, need a GPU (accelerate enables FSDP only for accelerator devices); FSDP2 runs here
+FSDP1, and accelerate's FSDP plugin, need a GPU (accelerate enables FSDP only for accelerator devices, and on CPU
+would run DDP instead: the trainer refuses that, tested here); FSDP2 runs here
 the supported way for CPUs, sharded by transformers at load time (`from_pretrained(distributed_config=...)`), which
 the Trainer detects. DeepSpeed runs on CPU over gloo when the Trainer is given `ddp_backend="gloo"`.
 
@@ -20,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ENGINES = ("ddp", "zero2", "fsdp2")  # ZeRO-3 still aborts in a parameter all-gather on this data (see the README)
+ENGINES = ("ddp", "zero2", "zero3", "fsdp2")
 VARIANTS = {
     "plain": {},
     "dropout-checkpointing-accumulation": {
@@ -29,9 +32,9 @@ VARIANTS = {
     },
 }
 STEPS = 3
-BF16_ENGINES = ("ddp", "fsdp2")
-# ZeRO-2 without accumulation ends one optimizer update (about lr) away from DDP; still open, see the README.
-COMPARED = (("fsdp2", "plain"), ("fsdp2", "dropout-checkpointing-accumulation"), ("zero2", "dropout-checkpointing-accumulation"))  # TrainingArguments refuses bf16 for DeepSpeed without an accelerator
+BF16_ENGINES = ("ddp", "fsdp2")  # TrainingArguments refuses bf16 for DeepSpeed without an accelerator
+RESUMED_ENGINES = ("zero2", "zero3")  # transformers refuses checkpoints of a model sharded at load time (FSDP2 here)
+RESUMED_VARIANT = "dropout-checkpointing-accumulation"
 
 
 def free_port() -> int:
@@ -70,24 +73,30 @@ def test_engines_give_the_weights_of_ddp_on_mixed_data(tmp_path):
     assert finished.returncode == 0, finished.stderr[-5000:]
 
     results = torch.load(tmp_path / "results.pt", weights_only=True)
-    for engine, variant in COMPARED:
+    for engine, variant in ((engine, variant) for engine in ENGINES[1:] for variant in VARIANTS):
         reference = results["ddp", variant]
         weights = results[engine, variant]
         assert weights.keys() == reference.keys()
         for name, value in weights.items():
             torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5, msg=f"{engine} {variant} {name}")
+    for engine in RESUMED_ENGINES:  # resumed mid-run under the engine: the weights of the uninterrupted run
+        assert results[engine, "resumed steps"].item() == STEPS - 2, engine
+        for name, value in results[engine, "resumed"].items():
+            torch.testing.assert_close(value, results[engine, RESUMED_VARIANT][name], rtol=1e-5, atol=1e-6,
+                                       msg=f"{engine} resumed {name}")
     initial = tiny_pipeline(0).model.state_dict()
     assert not torch.equal(results["ddp", "plain"]["model.dream_projector.weight"], initial["model.dream_projector.weight"])
     assert not torch.equal(results["ddp", "plain"]["model.vision_projector.weight"], initial["model.vision_projector.weight"])
     for engine in BF16_ENGINES:
         assert results["bf16 finite", engine].item(), engine
+    assert results["fsdp1 refused on CPU"].item()
     for engine in ENGINES:
         saved = DreamLLMPipeline.from_pretrained(tmp_path / f"saved-{engine}").model
         for name, value in saved.state_dict().items():
             assert value.dtype == torch.float32, (engine, name)
             torch.testing.assert_close(value, results[engine, "plain"][name], rtol=0, atol=0, msg=f"{engine} {name}")
     setup = (tmp_path / "setup.log").read_text()
-    for name in ("DDP", "DeepSpeed ZeRO-2", "FSDP2"):
+    for name in ("DDP", "DeepSpeed ZeRO-2", "DeepSpeed ZeRO-3", "FSDP2"):
         assert f"Training with {name}" in setup and "on 2 process(es)" in setup
 
 
@@ -108,7 +117,17 @@ def engine_arguments(engine: str) -> dict:
     return {"use_cpu": True}
 
 
-def train_once(workdir: Path, engine: str, variant: dict, bf16: bool = False):
+class StepCounter(__import__("transformers").TrainerCallback):
+    """Counts the optimizer steps a run takes (a resumed run: only those after its checkpoint)."""
+
+    steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def train_once(workdir: Path, engine: str, variant: dict, bf16: bool = False, resume_from: Path | None = None,
+               save_steps: int | None = None):
     from accelerate.state import AcceleratorState
     from transformers.distributed import DistributedConfig
 
@@ -124,17 +143,20 @@ def train_once(workdir: Path, engine: str, variant: dict, bf16: bool = False):
         model = DreamLLMForCausalLM.from_pretrained(workdir / "base", distributed_config=DistributedConfig(fsdp_size=2, fsdp_plan=plan))
     pipeline = DreamLLMPipeline.from_pretrained(workdir / "base", **({"model": model} if model is not None else {}))
     dataset = JsonlDocumentDataset(workdir / "mixed.jsonl", pipeline.processor)
-    arguments = {"max_steps": STEPS, "per_device_train_batch_size": 2, "logging_steps": 1, "save_strategy": "no",
+    saving = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "no"}
+    arguments = {"max_steps": STEPS, "per_device_train_batch_size": 2, "logging_steps": 1, **saving,
                  "disable_tqdm": True, "learning_rate": 1e-2, "train_sampling_strategy": "sequential", "bf16": bf16,
                  **engine_arguments(engine), **variant}
     args = dreamllm_training_arguments(workdir / f"run-{engine}", **arguments)
     trainer = build_trainer(pipeline, dataset, args, stage=2, random_flip=False, condition_dropout=condition_dropout)
-    trainer.train()
+    trained_steps = StepCounter()
+    trainer.add_callback(trained_steps)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     state_dict = trainer.full_state_dict()
-    if not variant and not condition_dropout and not bf16:
+    if not variant and not condition_dropout and not bf16 and not resume_from and not save_steps:
         trainer.save_pretrained(workdir / f"saved-{engine}")
-    return state_dict, losses
+    return state_dict, losses, trained_steps.steps
 
 
 def run_worker(workdir: Path):
@@ -148,13 +170,30 @@ def run_worker(workdir: Path):
     results = {}
     for engine in ENGINES:
         for name, variant in VARIANTS.items():
-            state_dict, _ = train_once(workdir, engine, variant)
+            state_dict, _, _ = train_once(workdir, engine, variant)
             results[engine, name] = {key: value.float() for key, value in state_dict.items()}
         if engine in BF16_ENGINES:
-            _, losses = train_once(workdir, engine, {}, bf16=True)
+            _, losses, _ = train_once(workdir, engine, {}, bf16=True)
             results["bf16 finite", engine] = torch.tensor(all(torch.isfinite(torch.tensor(losses))) and len(losses) == STEPS)
+        if engine in RESUMED_ENGINES:  # checkpoint at step 2 of a run, then resume it from there to the last step
+            train_once(workdir, engine, VARIANTS[RESUMED_VARIANT], save_steps=2)
+            checkpoint = workdir / f"run-{engine}" / "checkpoint-2"
+            state_dict, _, trained_steps = train_once(workdir, engine, VARIANTS[RESUMED_VARIANT], resume_from=checkpoint)
+            results[engine, "resumed"] = {key: value.float() for key, value in state_dict.items()}
+            results[engine, "resumed steps"] = torch.tensor(trained_steps)
+    results["fsdp1 refused on CPU"] = torch.tensor(fsdp1_is_refused(workdir))
     if rank == 0:
         torch.save(results, workdir / "results.pt")
+
+
+def fsdp1_is_refused(workdir: Path) -> bool:
+    """Whether training with FSDP1 asked through the Trainer's arguments fails loudly on CPU, where accelerate runs DDP."""
+    fsdp_config = {"version": 1, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "sync_module_states": False}
+    try:
+        train_once(workdir, "ddp", {"fsdp": True, "fsdp_config": fsdp_config})
+    except ValueError as error:
+        return "fsdp" in str(error) and "without FSDP" in str(error)
+    return False
 
 
 if __name__ == "__main__":

@@ -3,9 +3,17 @@
 import argparse
 import logging
 
+EXAMPLES = """examples:
+  dreamllm train --data documents.jsonl --output ./run --max-steps 200
+  dreamllm train --model ./dreamllm-7b --data 'mmc4/{000..099}.jsonl@2' 'laion/{0000..0009}.tar@1' --lora --output ./adapter
+  accelerate launch --config_file training/accelerate_configs/zero2.yaml -m dreamllm.cli train --data d.jsonl --output ./run
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser):
     """Adds the `train` options to `parser`."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
     parser.add_argument("--model", help="a saved DreamLLMPipeline folder or Hub repo id (default: the built-in toy model)")
     parser.add_argument(
         "--data", required=True, action="extend", nargs="+", metavar="[READER:]PATH[@WEIGHT]",

@@ -37,6 +37,8 @@ import PIL.Image
 import torch
 
 from dreamllm.processing import DreamLLMProcessor
+from dreamllm.processing.images import image_to_rgb, open_image
+from dreamllm.processing.processing_dreamllm import find_reserved_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +233,7 @@ class DocumentEncoder:
 
     def check_reserved_tokens(self, text: str):
         """Raises a [`DocumentError`] when `text` holds special tokens, which would break the document's layout."""
-        found = [token for token in self.reserved_tokens if token in text]
+        found = find_reserved_tokens(text, self.reserved_tokens)
         if found:
             raise DocumentError("special token in text", f"{found} (give images as image segments or items)")
 
@@ -325,7 +327,7 @@ def load_image(image) -> PIL.Image.Image:
     image", a `ValueError`) naming it when it cannot be read.
     """
     if isinstance(image, PIL.Image.Image):
-        return image.convert("RGB")
+        return image_to_rgb(image)
     if isinstance(image, (bytes, bytearray)):
         source, name = io.BytesIO(image), f"an image of {len(image)} bytes"
     else:
@@ -333,10 +335,9 @@ def load_image(image) -> PIL.Image.Image:
         if not source.is_file():
             raise DocumentError("missing image", str(source))
     try:
-        with PIL.Image.open(source) as opened:
-            return opened.convert("RGB")
-    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
-        raise DocumentError("unreadable image", f"{name} ({error})") from error
+        return open_image(source, str(name))
+    except OSError as error:
+        raise DocumentError("unreadable image", str(error)) from error
 
 
 def line_offsets(path: Path, block_size: int = 1 << 22) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from dreamllm.hub_files import hub_model_id
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
 from dreamllm.pipelines.hub import PIPELINE_TAG
 
@@ -80,19 +81,22 @@ def apply_lora(model: DreamLLMForCausalLM, lora_config: LoraConfig | None = None
     return get_peft_model(model, lora_config or dreamllm_lora_config(model.config))
 
 
-def adapter_model_card(repo_id: str, base_model: str | None) -> ModelCard:
+def adapter_model_card(repo_id: str, base_model: str | None, license: str | None = None) -> ModelCard:
     """
-    The model card of a DreamLLM LoRA adapter: PEFT metadata, the base model (when known), tags and a usage snippet.
+    The model card of a DreamLLM LoRA adapter: PEFT metadata, the base model (when it is a Hub id: a local path is
+    never written), the license when known, tags and a usage snippet.
     """
-    metadata = ModelCardData(library_name="peft", base_model=base_model, pipeline_tag=PIPELINE_TAG, tags=TAGS)
+    base_model = hub_model_id(base_model)
+    metadata = ModelCardData(library_name="peft", base_model=base_model, pipeline_tag=PIPELINE_TAG, tags=TAGS,
+                             license=license)
     text = ADAPTER_CARD.format(repo_id=repo_id, base_model=base_model or UNKNOWN_BASE_MODEL)
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{text}")
 
 
 def write_adapter_model_card(adapter_dir: str | os.PathLike, base_model: str | None, repo_id: str | None = None):
-    """Writes the adapter's `README.md` (see [`adapter_model_card`]); `repo_id` defaults to the folder."""
+    """Writes the adapter's `README.md` (see [`adapter_model_card`]); `repo_id` defaults to the folder's name."""
     adapter_dir = Path(adapter_dir)
-    adapter_model_card(repo_id or str(adapter_dir), base_model).save(adapter_dir / "README.md")
+    adapter_model_card(repo_id or adapter_dir.name, base_model).save(adapter_dir / "README.md")
 
 
 def push_adapter_to_hub(

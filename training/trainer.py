@@ -21,7 +21,8 @@ from peft import PeftModel
 from transformers import Trainer, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from dreamllm.file_utils import commit_model_files, staging_folder
+from dreamllm.file_utils import commit_model_files, remove_local_origins, staging_folder
+from dreamllm.hub_files import write_loader_files
 from dreamllm.pipelines import DreamLLMPipeline
 
 from .diffusion import DiffusionObjective
@@ -278,8 +279,10 @@ class DreamLLMTrainer(Trainer):
         processes, the precision and the batch sizes first.
 
         Raises:
-            `ValueError`: when `resume_from_checkpoint=True` and `args.output_dir` holds no complete checkpoint.
+            `ValueError`: when `resume_from_checkpoint=True` and `args.output_dir` holds no complete checkpoint, or
+                when `args.fsdp` asks for FSDP and accelerate runs without it.
         """
+        self.check_fsdp_is_running()
         self.remove_checkpoint_staging_folders()
         if resume_from_checkpoint is True:
             resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
@@ -292,6 +295,18 @@ class DreamLLMTrainer(Trainer):
             self.args.ignore_data_skip = True  # a stream resumes from its saved state, without replaying batches
         self.log_run_setup()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def check_fsdp_is_running(self):
+        """
+        Raises a `ValueError` when `args.fsdp` asks for FSDP but the accelerator runs without it: accelerate enables
+        its FSDP plugin only on accelerator devices, so on CPU the run would silently replicate the whole model.
+        """
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            raise ValueError(
+                f"FSDP was requested (fsdp={self.args.fsdp!r}) but accelerate runs "
+                f"{self.accelerator.distributed_type.value} without FSDP (it enables FSDP only on accelerator devices); "
+                "on CPU, shard the model at load time with `from_pretrained(distributed_config=...)`"
+            )
 
     def checkpoint_reached_max_steps(self, checkpoint: str | None) -> bool:
         if checkpoint is None or self.args.max_steps <= 0:
@@ -518,7 +533,7 @@ class DreamLLMTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, PeftModel):
             base_model = model.peft_config[model.active_adapter].base_model_name_or_path
-            write_adapter_model_card(folder, base_model, repo_id=str(final_dir))
+            write_adapter_model_card(folder, base_model, repo_id=final_dir.name)
         else:
             self.save_diffusion_components(model, folder)
 
@@ -536,6 +551,8 @@ class DreamLLMTrainer(Trainer):
             scheduler=objective.scheduler,
         )
         pipeline.save_config(output_dir)
+        remove_local_origins(output_dir)
+        write_loader_files(output_dir)
 
 
 __all__ = ["DreamLLMTrainer"]

@@ -1,0 +1,117 @@
+"""Saved, converted and trained folders load through the generic Hugging Face entry points with trust_remote_code.
+
+Each check runs in a fresh interpreter that never imports `dreamllm` itself: only the folder's `dreamllm_loader.py`
+does, as on a machine where a user found the repo on the Hub.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dreamllm.conversion import convert_original_checkpoint
+from dreamllm.hub_files import LOADER_MODULE
+from dreamllm.testing import tiny_pipeline
+
+ENTRY_POINTS = textwrap.dedent(
+    """
+    import json, sys
+    from diffusers import DiffusionPipeline
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText,
+                              AutoProcessor)
+
+    folder = sys.argv[1]
+    report = {"imported_first": "dreamllm" in sys.modules}
+    for entry_point in (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
+                        DiffusionPipeline):
+        report[entry_point.__name__] = type(entry_point.from_pretrained(folder, trust_remote_code=True)).__name__
+    print(json.dumps(report))
+    """
+)
+WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import sys
+
+    class HideDreamLLM:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "dreamllm":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, HideDreamLLM())
+    from transformers import AutoModelForCausalLM
+    try:
+        AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
+    except ImportError as error:
+        print(error)
+    """
+)
+WITHOUT_TRUST = textwrap.dedent(
+    """
+    import sys
+    from transformers import AutoProcessor
+    try:
+        print(type(AutoProcessor.from_pretrained(sys.argv[1])).__name__)
+    except ValueError as error:
+        print(error)
+    """
+)
+EXPECTED_CLASSES = {
+    "imported_first": False,
+    "AutoConfig": "DreamLLMConfig",
+    "AutoModel": "DreamLLMModel",
+    "AutoModelForCausalLM": "DreamLLMForCausalLM",
+    "AutoModelForImageTextToText": "DreamLLMForCausalLM",
+    "AutoProcessor": "DreamLLMProcessor",
+    "DiffusionPipeline": "DreamLLMPipeline",
+}
+
+
+def run_fresh(script: str, folder) -> str:
+    """The last line `script` prints in a fresh interpreter, given `folder` as its argument."""
+    result = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hub") / "pipeline"
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+def test_saved_folder_carries_a_loader_that_only_imports_the_package(saved_pipeline):
+    loader = (saved_pipeline / f"{LOADER_MODULE}.py").read_text()
+    assert "from dreamllm import" in loader and "class " not in loader and len(loader.splitlines()) < 25
+    config = json.loads((saved_pipeline / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageTextToText"] == f"{LOADER_MODULE}.DreamLLMForCausalLM"
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        assert json.loads((saved_pipeline / name).read_text())["auto_map"] == {
+            "AutoProcessor": f"{LOADER_MODULE}.DreamLLMProcessor"}
+    model_index = json.loads((saved_pipeline / "model_index.json").read_text())
+    assert model_index["_class_name"] == [LOADER_MODULE, "DreamLLMPipeline"]
+
+
+def test_every_entry_point_loads_the_dreamllm_classes_in_a_fresh_process(saved_pipeline):
+    assert json.loads(run_fresh(ENTRY_POINTS, saved_pipeline)) == EXPECTED_CLASSES
+
+
+def test_loader_without_the_package_says_how_to_install_it(saved_pipeline):
+    message = run_fresh(WITHOUT_PACKAGE, saved_pipeline)
+    assert "needs the `dreamllm` package" in message and "pip install ." in message
+
+
+def test_auto_processor_without_trust_remote_code_fails_instead_of_returning_a_tokenizer(saved_pipeline):
+    assert "trust_remote_code=True" in run_fresh(WITHOUT_TRUST, saved_pipeline)
+
+
+def test_saved_folder_still_loads_with_dreamllm_pipeline(saved_pipeline):
+    from dreamllm import DreamLLMPipeline
+
+    assert isinstance(DreamLLMPipeline.from_pretrained(saved_pipeline), DreamLLMPipeline)
+
+
+def test_converted_folder_loads_through_the_entry_points(official_tiny, tmp_path):
+    folder = convert_original_checkpoint(official_tiny / "checkpoint", tmp_path / "converted")
+    assert json.loads(run_fresh(ENTRY_POINTS, folder)) == EXPECTED_CLASSES

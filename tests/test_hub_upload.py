@@ -1,0 +1,64 @@
+"""Uploads to a local stand-in for the Hub: the files, the model card, and no local path in anything uploaded."""
+
+import yaml
+from huggingface_hub import RepoUrl
+
+from dreamllm.conversion import push_folder_to_hub
+from dreamllm.hub_files import hub_model_id
+from dreamllm.pipelines.hub import pipeline_model_card
+from dreamllm.testing import tiny_pipeline
+
+
+class LocalHub:
+    """Stands in for `huggingface_hub.HfApi`: keeps what one commit uploads, as bytes per path in the repo."""
+
+    uploads: dict = {}
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, commit_message):
+        LocalHub.uploads = {operation.path_in_repo: read(operation.path_or_fileobj) for operation in operations}
+
+
+def read(source) -> bytes:
+    """The bytes of a `CommitOperationAdd` source: a file path or the bytes themselves."""
+    return source if isinstance(source, bytes) else open(source, "rb").read()
+
+
+def card_metadata(card: str) -> dict:
+    return yaml.safe_load(card.split("---")[1])
+
+
+def test_hub_model_id_keeps_repo_ids_and_drops_local_paths(tmp_path):
+    assert hub_model_id("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
+    for local in (str(tmp_path), "./converted", "../base", "~/models/x", None, "a/b/c"):
+        assert hub_model_id(local) is None
+
+
+def test_pipeline_card_declares_license_base_model_and_the_remote_code_loading():
+    card = str(pipeline_model_card("me/dreamllm", license="llama2", base_model="lmsys/vicuna-7b-v1.1"))
+    metadata = card_metadata(card)
+    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "image-text-to-text"
+    assert metadata["license"] == "llama2" and metadata["base_model"] == "lmsys/vicuna-7b-v1.1"
+    assert 'DiffusionPipeline.from_pretrained("me/dreamllm", trust_remote_code=True)' in card
+    assert "pip install ." in card
+
+
+def test_converted_folder_uploads_in_one_commit_with_a_card_and_no_local_path(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "converted"
+    tiny_pipeline().save_pretrained(folder)
+    monkeypatch.setattr("dreamllm.conversion.hub.HfApi", LocalHub)
+    url = push_folder_to_hub(folder, "me/dreamllm-tiny", license="apache-2.0")
+    assert url == "https://huggingface.co/me/dreamllm-tiny"
+    assert f"Uploaded converted to {url}" in capsys.readouterr().out
+    uploaded_files = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+    assert set(LocalHub.uploads) == uploaded_files | {"README.md"}
+    assert "dreamllm_loader.py" in LocalHub.uploads
+    assert card_metadata(LocalHub.uploads["README.md"].decode())["license"] == "apache-2.0"
+    for name, content in LocalHub.uploads.items():
+        if not name.endswith(".safetensors"):
+            assert str(tmp_path).encode() not in content, name
