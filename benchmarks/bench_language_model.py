@@ -11,6 +11,7 @@ Prints the times and the ratios ours/reference (throughput ratios: >= 0.97 is th
 """
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -78,8 +79,10 @@ def main():
           f"{args.layers} layers, hidden {args.hidden}; threads {args.threads}")
 
     prompt = torch.randint(3, 32000, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
-    decode = {"dreamllm": lambda: ours.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False),
-              "llama": lambda: llama.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)}
+    settings = copy.deepcopy(ours.generation_config)  # Llama gets ours: suppressed block tokens, both eos ids
+    settings.update(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+    decode = {"dreamllm": lambda: ours.generate(prompt, generation_config=settings),
+              "llama": lambda: llama.generate(prompt, generation_config=settings)}
     assert torch.equal(decode["dreamllm"](), decode["llama"]()), "the two models must decode the same tokens"
     decode_times = interleave(decode, args.repeats)
     speeds = {name: args.new_tokens / seconds for name, seconds in decode_times.items()}
