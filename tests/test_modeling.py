@@ -116,12 +116,13 @@ def test_image_features_and_dream_queries_replace_only_their_patch_positions(tin
 
 def test_patch_tokens_outside_a_block_keep_their_token_embedding(tiny):
     model, processor = tiny
-    patch = processor.tokenizer.image_patch_token
-    inputs = prompt_inputs(processor, [f"text {patch}{patch} end"])
+    patch_id = model.config.image_patch_token_id
+    text_ids = prompt_inputs(processor, ["text end"]).input_ids  # the processor refuses typed block tokens
+    input_ids = torch.cat([text_ids[:, :2], torch.tensor([[patch_id, patch_id]]), text_ids[:, 2:]], dim=1)
     with torch.no_grad():
-        embeds, layout, _ = model.model.embed_multimodal_inputs(inputs.input_ids)
+        embeds, layout, _ = model.model.embed_multimodal_inputs(input_ids)
     assert not layout.image_patch_mask.any() and not layout.dream_patch_mask.any()
-    assert torch.equal(embeds, model.get_input_embeddings()(inputs.input_ids))
+    assert torch.equal(embeds, model.get_input_embeddings()(input_ids))
 
 
 def test_wrong_number_of_images_names_both_counts(tiny):
