@@ -58,6 +58,24 @@ def write_loader_files(folder: str | Path) -> None:
     update_json(folder / "model_index.json", _class_name=[LOADER_MODULE, PIPELINE_CLASS])
 
 
+class NoSourceCopy:
+    """
+    Every saved config, model and processor folder names the installed package's classes through
+    `dreamllm_loader.py`, never through a copy of the code: transformers would copy DreamLLM's source files into a
+    folder saved after a `trust_remote_code` load (which registers the loaded class for auto loading).
+    """
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class=None):
+        """Does nothing: the folder's `dreamllm_loader.py` (see `write_loader_files`) names the class."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves as transformers does, then writes the loader file and `auto_map` entries (`write_loader_files`)."""
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        write_loader_files(save_directory)
+        return saved
+
+
 def hub_model_id(name_or_path: str | None) -> str | None:
     """
     `name_or_path` when it is a Hub repo id (`"owner/name"` or `"name"`), else `None`: a local folder (absolute,
@@ -82,4 +100,4 @@ def update_json(path: Path, **entries) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["INSTALL_HINT", "LOADER_MODULE", "hub_model_id", "write_loader_files"]
+__all__ = ["INSTALL_HINT", "LOADER_MODULE", "NoSourceCopy", "hub_model_id", "write_loader_files"]

@@ -4,6 +4,8 @@ learned dream queries whose hidden states condition a Stable Diffusion UNet."""
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from dreamllm.hub_files import NoSourceCopy
+
 
 ADDED_TOKENS_ORDER = (
     "pad_token_id",
@@ -18,7 +20,7 @@ ADDED_TOKENS_ORDER = (
 """The order in which the released DreamLLM checkpoints number the eight tokens they add to the Llama vocabulary."""
 
 
-class DreamLLMConfig(PreTrainedConfig):
+class DreamLLMConfig(NoSourceCopy, PreTrainedConfig):
     r"""
     Configuration of a [`DreamLLMForCausalLM`]. The defaults describe the released DreamLLM-7B: Vicuna-7B v1.1 with
     8 added tokens (vocabulary 32008), CLIP ViT-L/14 at 224 px read at its penultimate layer (256 patch features),

@@ -23,6 +23,8 @@ from transformers.utils import TransformersKwargs, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
+from dreamllm.hub_files import NoSourceCopy
+
 from .configuration_dreamllm import DreamLLMConfig
 from .loading_checks import (
     CheckpointError,
@@ -141,7 +143,7 @@ class DreamQueries(nn.Module):
         return self.weight[index]
 
 
-class DreamLLMPreTrainedModel(PreTrainedModel):
+class DreamLLMPreTrainedModel(NoSourceCopy, PreTrainedModel):
     config: DreamLLMConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")

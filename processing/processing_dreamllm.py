@@ -11,6 +11,8 @@ from transformers.image_utils import ImageInput
 from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 
+from dreamllm.hub_files import NoSourceCopy
+
 from .images import prepare_images
 from .tokenization_dreamllm import _read_json
 
@@ -80,7 +82,7 @@ def check_processor_files(folder: str | os.PathLike) -> None:
             raise ValueError(f"{tokenizer_file} is not a tokenizers file: {error}") from error
 
 
-class DreamLLMProcessor(ProcessorMixin):
+class DreamLLMProcessor(NoSourceCopy, ProcessorMixin):
     r"""
     Prepares interleaved text and images for [`DreamLLMForCausalLM`] and turns generated ids back into documents.
 

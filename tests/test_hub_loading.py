@@ -6,6 +6,7 @@ does, as on a machine where a user found the repo on the Hub.
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 import textwrap
 
@@ -104,6 +105,28 @@ def test_loader_without_the_package_says_how_to_install_it(saved_pipeline):
 
 def test_auto_processor_without_trust_remote_code_fails_instead_of_returning_a_tokenizer(saved_pipeline):
     assert "trust_remote_code=True" in run_fresh(WITHOUT_TRUST, saved_pipeline)
+
+
+RESAVE_AFTER_REMOTE_LOAD = """
+import sys
+from transformers import AutoModelForCausalLM, AutoProcessor
+folder, target = sys.argv[1], sys.argv[1] + "-resaved"
+AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).save_pretrained(target)
+AutoProcessor.from_pretrained(folder, trust_remote_code=True).save_pretrained(target)
+print(target)
+"""
+
+
+def test_saving_after_a_remote_code_load_copies_no_source_file_and_still_loads(saved_pipeline):
+    resaved = Path(run_fresh(RESAVE_AFTER_REMOTE_LOAD, saved_pipeline))
+    assert sorted(path.name for path in resaved.glob("*.py")) == [f"{LOADER_MODULE}.py"]
+    loaded = run_fresh(
+        "import sys; from transformers import AutoModelForCausalLM as M, AutoProcessor as P; "
+        "print(type(M.from_pretrained(sys.argv[1], trust_remote_code=True)).__name__, "
+        "type(P.from_pretrained(sys.argv[1], trust_remote_code=True)).__name__)",
+        resaved,
+    )
+    assert loaded == "DreamLLMForCausalLM DreamLLMProcessor"
 
 
 def test_saved_folder_still_loads_with_dreamllm_pipeline(saved_pipeline):
