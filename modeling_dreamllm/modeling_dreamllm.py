@@ -736,23 +736,21 @@ class DreamLLMForCausalLM(DreamLLMPreTrainedModel, GenerationMixin):
         return input_ids, model_kwargs
 
 
+def token_id_list(token_ids: int | list[int] | None) -> list[int]:
+    """A generation setting that holds one token id, several or none (`eos_token_id`), as a list."""
+    if token_ids is None:
+        return []
+    return [token_ids] if isinstance(token_ids, int) else list(token_ids)
+
+
 def apply_dreamllm_generation_defaults(generation_config, config: DreamLLMConfig):
     """
     Makes a generation config safe for plain `generate`: the tokens only the pipeline writes (image and dream block
     tokens, placeholders, padding) are never sampled, and `<dream_start>` ends a sequence as EOS does.
     """
-    pipeline_only = [
-        config.pad_token_id,
-        config.image_token_id,
-        config.image_patch_token_id,
-        config.image_start_token_id,
-        config.image_end_token_id,
-        config.dream_token_id,
-        config.dream_end_token_id,
-    ]
-    generation_config.suppress_tokens = sorted(set(generation_config.suppress_tokens or []) | set(pipeline_only))
-    eos_token_id = generation_config.eos_token_id
-    eos_token_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    pipeline_only = {token_id for name, token_id in config.special_token_ids.items() if name != "dream_start_token_id"}
+    generation_config.suppress_tokens = sorted(set(generation_config.suppress_tokens or []) | pipeline_only)
+    eos_token_ids = token_id_list(generation_config.eos_token_id)
     if config.dream_start_token_id not in eos_token_ids:
         eos_token_ids.append(config.dream_start_token_id)
     generation_config.eos_token_id = eos_token_ids

@@ -29,7 +29,7 @@ import diffusers
 from dreamllm.file_utils import atomic_directory, remove_local_origins
 from dreamllm.hub_files import write_loader_files
 from dreamllm.modeling_dreamllm import DreamLLMForCausalLM
-from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT
+from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT, token_id_list
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.images import load_image
 
@@ -886,8 +886,8 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
     def eos_token_ids_without_dream_start(self, eos_token_id: int | list[int] | None) -> list[int]:
         """The end-of-sequence ids for the pipeline's own decoding, which draws at `<dream_start>` instead of stopping
         there as plain `generate` does (see `apply_dreamllm_generation_defaults`)."""
-        eos_token_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
-        return [token_id for token_id in eos_token_ids if token_id != self.model.config.dream_start_token_id]
+        dream_start = self.model.config.dream_start_token_id
+        return [token_id for token_id in token_id_list(eos_token_id) if token_id != dream_start]
 
     @torch.no_grad()
     def document_events(

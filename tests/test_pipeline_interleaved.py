@@ -6,9 +6,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from forced_documents import ForceToken, force_dreams, image_block_length
 from official_tiny import load_official_tiny_pipeline
 from safetensors.torch import load_file
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from dreamllm.testing import tiny_pipeline
 
@@ -22,40 +23,12 @@ def pipe():
     return pipe
 
 
-class ForceToken(LogitsProcessor):
-    """Makes row r pick `token_id` when it holds exactly `offsets[r]` ids after its prompt (a huge logit bias)."""
-
-    def __init__(self, token_id, offsets_per_row, pad_token_id):
-        self.token_id, self.offsets_per_row, self.pad_token_id = token_id, offsets_per_row, pad_token_id
-        self.prompt_lengths = None
-
-    def __call__(self, input_ids, scores):
-        lengths = (input_ids != self.pad_token_id).sum(1)
-        if self.prompt_lengths is None:
-            self.prompt_lengths = lengths.clone()
-        for row, offsets in enumerate(self.offsets_per_row):
-            if int(lengths[row] - self.prompt_lengths[row]) in offsets:
-                scores[row, self.token_id] += 1e4
-        return scores
-
-
 class RecordSequences(StoppingCriteria):
     """Keeps the `input_ids` of the last call (every row's ids so far) and never stops anything."""
 
     def __call__(self, input_ids, scores, **kwargs):
         self.sequences = input_ids.clone()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-
-def force_dreams(pipe, *offsets_per_row):
-    config = pipe.model.config
-    return LogitsProcessorList([ForceToken(config.dream_start_token_id, offsets_per_row, config.pad_token_id)])
-
-
-def image_block_length(pipe):
-    """Ids a drawn image adds after its `<dream_start>`: queries, `<dream_end>`, and its image block."""
-    config = pipe.model.config
-    return config.num_dream_queries + 1 + config.num_image_tokens + 2
 
 
 def assert_same_documents(first, second, atol=0.0):

@@ -8,6 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from forced_documents import force_dreams, image_block_length
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
@@ -32,36 +33,11 @@ def pipe():
     return pipe
 
 
-class ForceDreamStart(LogitsProcessor):
-    """Makes row r start an image when it holds exactly `offsets[r]` ids after its prompt (a huge logit bias)."""
-
-    def __init__(self, dream_start_token_id, pad_token_id, *offsets_per_row):
-        self.token_id, self.pad_token_id, self.offsets_per_row = dream_start_token_id, pad_token_id, offsets_per_row
-        self.prompt_lengths = None
-
-    def __call__(self, input_ids, scores):
-        lengths = (input_ids != self.pad_token_id).sum(1)
-        if self.prompt_lengths is None:
-            self.prompt_lengths = lengths.clone()
-        for row, offsets in enumerate(self.offsets_per_row):
-            if int(lengths[row] - self.prompt_lengths[row]) in offsets:
-                scores[row, self.token_id] += 1e4
-        return scores
-
-
-def block_length(pipe):
-    """Ids a drawn image adds after its `<dream_start>`: queries, `<dream_end>`, and its image block."""
-    config = pipe.model.config
-    return config.num_dream_queries + 1 + config.num_image_tokens + 2
-
-
 def settings(pipe, *offsets_per_row, seed=0, **overrides):
     """Call arguments that sample text and draw an image at each offset of each row, seeded."""
-    config = pipe.model.config
-    processor = ForceDreamStart(config.dream_start_token_id, config.pad_token_id, *offsets_per_row)
     return {
         "generator": torch.Generator().manual_seed(seed),
-        "logits_processor": LogitsProcessorList([processor]),
+        "logits_processor": force_dreams(pipe, *offsets_per_row),
         "num_inference_steps": STEPS,
         "max_new_tokens": 12,
         "do_sample": True,
@@ -99,7 +75,7 @@ def assert_same_documents(actual, expected):
 
 
 def test_events_rebuild_the_blocking_document(pipe):
-    offsets = (2, 6 + block_length(pipe))
+    offsets = (2, 6 + image_block_length(pipe))
     events = list(pipe.stream("Tell a story", **settings(pipe, offsets)))
     expected = pipe("Tell a story", **settings(pipe, offsets))
 
