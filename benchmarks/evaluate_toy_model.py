@@ -6,8 +6,10 @@ judged by the toy world's pixel analyzer (the measures are in `dreamllm.toy_worl
 
 - caption_to_image: `text_to_image` on two training captions of every (colour, shape) pair; the picture must show
   that colour and shape.
-- documents: chat requests for k = 1, 2, 3 shapes (some sized); the answer must hold exactly k pictures, each the
-  asked colour and shape, in the asked order. k = 1 is creation from a request.
+- creation: chat requests for one shape (some sized); the answer must hold exactly one picture, of the asked colour
+  and shape.
+- documents: chat requests for k = 2 and 3 shapes (free will: the model decides where each picture goes); the answer
+  must hold exactly k pictures, each the asked colour and shape, in the asked order.
 - comprehension: colour, shape and describe questions about pictures; the answer must name the right ones only.
 - refusals: requests for what the world cannot draw ("Draw a cat."); the answer must be text without a picture.
 
@@ -33,14 +35,16 @@ from dreamllm import DreamLLMPipeline
 from dreamllm.toy_world import evaluation, grammar
 
 SCHEDULERS = {"ddpm": (DDPMScheduler, {}), "dpm-solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"})}
-MEASURES = ("caption_to_image", "documents", "comprehension", "refusals")
+MEASURES = ("caption_to_image", "creation", "documents", "comprehension", "refusals")
 
 
 def measure(name: str, split: str, pipe: DreamLLMPipeline, args) -> evaluation.Score:
     if name == "caption_to_image":
         return evaluation.caption_to_image(pipe, args.steps, args.guidance)
+    if name == "creation":
+        return evaluation.documents(pipe, split, (1,), args.num_creations, args.steps, args.guidance)
     if name == "documents":
-        return evaluation.documents(pipe, split, (1, 2, 3), args.num_documents, args.steps, args.guidance)
+        return evaluation.documents(pipe, split, (2, 3), args.num_documents, args.steps, args.guidance)
     if name == "comprehension":
         return evaluation.comprehension(pipe, split, args.num_pictures)
     return evaluation.refusals(pipe, split, args.num_refusals, args.steps)
@@ -69,7 +73,8 @@ def main():
     parser.add_argument("--steps", type=int, default=50, help="denoising steps per picture (default 50)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument("--num-pictures", type=int, default=40, help="pictures for comprehension (3 questions each)")
-    parser.add_argument("--num-documents", type=int, default=12, help="chat requests per k = 1, 2, 3 for documents")
+    parser.add_argument("--num-creations", type=int, default=24, help="chat requests for one shape")
+    parser.add_argument("--num-documents", type=int, default=12, help="chat requests per k = 2, 3 for documents")
     parser.add_argument("--num-refusals", type=int, default=12, help="requests the toy world cannot draw")
     parser.add_argument("--only", choices=MEASURES, action="append")
     parser.add_argument("--splits", choices=grammar.SPLITS, nargs="+", default=list(grammar.SPLITS))

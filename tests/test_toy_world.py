@@ -250,3 +250,14 @@ def test_samples_do_not_depend_on_how_many_are_written(tmp_path):
     for record in short:
         rel = record["segments"][0]["image"]
         assert (tmp_path / "short" / rel).read_bytes() == (tmp_path / "long" / rel).read_bytes()
+
+
+@pytest.mark.parametrize("shape", tw.SHAPES)
+def test_the_drawn_size_is_measured_back(shape):
+    for size in (20, 30, 42):
+        picture = tw.render_shape("blue", shape, size=size, center=(32, 32))
+        assert abs(tw.measure_size(picture, shape) - size) <= 2, (shape, size)
+    small, large = (tw.render_shape("red", shape, size=size, center=(32, 32)) for size in (20, 42))
+    assert tw.size_matches(small, shape, "small") and not tw.size_matches(small, shape, "large")
+    assert tw.size_matches(large, shape, "large") and not tw.size_matches(large, shape, "small")
+    assert tw.size_matches(small, shape, None)

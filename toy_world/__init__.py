@@ -32,6 +32,7 @@ from .world import (
     creation_prompt,
     interleaved_document,
     make_sample,
+    measure_size,
     question_answer,
     render_shape,
     sample_objects,
@@ -40,6 +41,7 @@ from .world import (
     sample_sizes,
     shape_mask,
     short_description,
+    size_matches,
     write_dataset,
 )
 
@@ -64,6 +66,7 @@ __all__ = [
     "creation_prompt",
     "interleaved_document",
     "make_sample",
+    "measure_size",
     "question_answer",
     "render_shape",
     "sample_objects",
@@ -72,5 +75,6 @@ __all__ = [
     "sample_sizes",
     "shape_mask",
     "short_description",
+    "size_matches",
     "write_dataset",
 ]

@@ -60,14 +60,15 @@ def caption_to_image(pipe, steps: int, guidance: float) -> Score:
 
 
 def documents(pipe, split: str, num_objects: tuple[int, ...], per_count: int, steps: int, guidance: float) -> Score:
-    """Chat requests (phrased in `split`) for k shapes, `per_count` per k: right when the answer holds exactly k
-    pictures, each the asked colour and shape, in the asked order."""
+    """Chat requests (phrased in `split`, some naming sizes) for k shapes, `per_count` per k: right when the answer
+    holds exactly k pictures, each the asked colour and shape (and size, where one is asked), in the asked order."""
     score = Score()
     for k in num_objects:
         for index in range(per_count):
             rng = toy_world.sample_rng(EVALUATION_SEED + k, index)
             objects = toy_world.sample_objects(rng, min_objects=k, max_objects=k)
-            prompt = toy_world.creation_prompt(objects, rng, toy_world.sample_sizes(rng, k), split)
+            sizes = toy_world.sample_sizes(rng, k)
+            prompt = toy_world.creation_prompt(objects, rng, sizes, split)
             output = pipe(
                 prompt,
                 num_inference_steps=steps,
@@ -75,8 +76,11 @@ def documents(pipe, split: str, num_objects: tuple[int, ...], per_count: int, st
                 generator=torch.Generator().manual_seed(EVALUATION_SEED + 100 * k + index),
                 max_new_tokens=96,
             )
-            judged = [toy_world.analyze_image(image) for image in output.images[0]]
-            score.add(judged == objects, (prompt, judged, output.text[0]))
+            pictures = output.images[0]
+            judged = [toy_world.analyze_image(image) for image in pictures]
+            sized = all(toy_world.size_matches(image, shape, size)
+                        for image, (_, shape), size in zip(pictures, objects, sizes))
+            score.add(judged == objects and sized, (prompt, judged, output.text[0]))
     return score
 
 

@@ -449,6 +449,25 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == best_label if best_size else mask
 
 
+def measure_size(img: Image.Image | np.ndarray, shape: str) -> int:
+    """The side in pixels of the bounding square of the largest shape in ``img``, as ``render_shape``'s ``size``
+    (a square is drawn at 0.9 of its bounding square)."""
+    rows, columns = np.nonzero(shape_mask(img))
+    if not len(rows):
+        return 0
+    extent = max(rows.max() - rows.min(), columns.max() - columns.min()) + 1
+    return int(round(extent / 0.9)) if shape == "square" else int(extent)
+
+
+def size_matches(img: Image.Image | np.ndarray, shape: str, size: str | None, tolerance: int = 3) -> bool:
+    """Whether the shape in ``img`` has the asked ``size`` (a key of `SIZE_RANGES`, within ``tolerance`` pixels of
+    its range); any size matches None."""
+    if size is None:
+        return True
+    low, high = SIZE_RANGES[size]
+    return low - tolerance <= measure_size(img, shape) <= high + tolerance
+
+
 def analyze_image(img: Image.Image | np.ndarray) -> tuple[str, str] | None:
     """Reads ``(colour, shape)`` back from an image of the toy world; None when either is unclear.
 
