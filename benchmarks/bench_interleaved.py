@@ -9,16 +9,20 @@ re-encoding, the count is
 (the last sampled token is never fed): linear in k, with nothing processed twice. A pipeline that re-encoded the
 document after every image would instead process the whole prefix again k times; the last column shows that count.
 
-A second table writes 4 prompts whose rows start their image at different steps ("staggered"), as one batch and as
-4 sequential calls: positions are counted over the whole batch (rows x chunk length), so a row padded to another
-row's block would show. A pass that feeds blocks runs on those rows alone.
+A second table writes several prompts as one batch and as one call per prompt, each row with its own generator (so
+both give the same documents, which the script checks): rows that start their image at different steps
+("staggered"), at the same step ("aligned"), and text-only rows. Positions are counted over the whole batch (rows x
+chunk length), so a row padded to another row's block would show. Staggered rows wait for each other (up to the
+pipeline's default image_batch_window) and have their images drawn in one batched denoising loop.
 
 `python benchmarks/bench_interleaved.py [--tokens 48] [--steps 10] [--repeats 3] [--threads 1]`.
 """
 
 import argparse
+import statistics
 import time
 
+import numpy as np
 import torch
 from bench_text_to_image import build_pipeline
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -56,44 +60,75 @@ class StartImagesPerRow(LogitsProcessor):
         return scores
 
 
-def staggered(pipe, args, batch_positions: list[int]):
-    """4 rows drawing one image each at different steps: one batched call against 4 sequential calls."""
+def batch_against_sequential(pipe, args, batch_positions: list[int], name: str, offsets: list[int | None]):
+    """
+    Rows drawing one image each at the given sampled-token offsets (`None`: a text-only row), one generator per row:
+    one batched call against one call per row, timed in interleaved repeats (median), positions counted once. The
+    batched documents are checked to equal the per-row ones (images to float rounding).
+    """
     config = pipe.model.config
-    offsets = [args.tokens // 8 * (row + 1) for row in range(4)]
 
-    def write(rows: list[int]) -> float:
-        start = time.perf_counter()
+    def write(rows: list[int]):
+        row_offsets = [offsets[row] for row in rows]
         output = pipe(
-            [PROMPT] * len(rows), max_new_tokens=args.tokens, num_inference_steps=args.steps, max_images=1,
+            [PROMPT] * len(rows), max_new_tokens=args.tokens, num_inference_steps=args.steps,
+            max_images=0 if None in row_offsets else 1, output_type="np",
             logits_processor=LogitsProcessorList(
-                [StartImagesPerRow(config.dream_start_token_id, config.pad_token_id, [offsets[r] for r in rows])]
+                [StartImagesPerRow(config.dream_start_token_id, config.pad_token_id, row_offsets)]
             ),
-            suppress_tokens=[config.text_config.eos_token_id], generator=torch.Generator().manual_seed(0),
+            suppress_tokens=[config.text_config.eos_token_id],
+            generator=[torch.Generator().manual_seed(row) for row in rows],
         )
-        assert all(len(images) == 1 for images in output.images)
+        assert all(len(images) == (offsets[row] is not None) for row, images in zip(rows, output.images))
+        return output
+
+    def timed(function) -> float:
+        start = time.perf_counter()
+        function()
         return time.perf_counter() - start
 
-    batched = min(write([0, 1, 2, 3]) for _ in range(args.repeats))
-    sequential = min(sum(write([row]) for row in range(4)) for _ in range(args.repeats))
+    rows = list(range(len(offsets)))
+    batched, sequential = [], []
+    for _ in range(args.repeats):
+        batched.append(timed(lambda: write(rows)))
+        sequential.append(timed(lambda: [write([row]) for row in rows]))
     batch_positions.clear()
-    write([0, 1, 2, 3])
+    documents = write(rows).documents
     batched_positions = sum(batch_positions)
     batch_positions.clear()
-    for row in range(4):
-        write([row])
+    for row in rows:
+        alone = write([row]).documents[0]
+        assert all(part == other if isinstance(part, str) else np.allclose(part, other, atol=1e-4)
+                   for part, other in zip(documents[row], alone, strict=True))
     sequential_positions = sum(batch_positions)
-    print(f"\nstaggered rows (images at sampled token {offsets}): batch of 4 vs 4 sequential calls")
-    print(" | seconds | LM positions (rows x length)")
-    print(f" batch of 4 | {batched:7.2f} | {batched_positions:8d}")
-    print(f" sequential | {sequential:7.2f} | {sequential_positions:8d}")
-    print(f" ratio | speed-up {sequential / batched:.2f}x | positions {batched_positions / sequential_positions:.2f}x")
+    batched, sequential = statistics.median(batched), statistics.median(sequential)
+    print(f" {name:<44} | {batched:7.2f} | {sequential:10.2f} | {sequential / batched:7.2f}x | "
+          f"{batched_positions:8d} | {sequential_positions:10d} | {batched_positions / sequential_positions:7.2f}x")
+
+
+def batches(pipe, args, batch_positions: list[int]):
+    """Batches of rows with their own generators against one call per row: staggered, aligned and text-only rows."""
+    window = 2 * args.steps
+    step = args.tokens // 8
+    print(f"\nbatched call vs one call per row (one generator per row, image_batch_window {window}, medians of "
+          f"{args.repeats} interleaved repeats; positions = rows x chunk length)")
+    print(f" {'rows (sampled token where each starts its image)':<44} | batched | sequential | speed-up | "
+          f"positions | sequential | ratio")
+    cases = {
+        "4 staggered": [step * (row + 1) for row in range(4)],
+        "2 staggered": [step, 3 * step],
+        "4 aligned": [step] * 4,
+        "4 text-only": [None] * 4,
+    }
+    for name, offsets in cases.items():
+        batch_against_sequential(pipe, args, batch_positions, f"{name} {offsets}", offsets)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=48, help="sampled tokens per document")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per image")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per k; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per k (the fastest counts) and per batch case (the median counts)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,7 +175,7 @@ def main():
         per_image = (seconds - baseline) / num_images if num_images else 0.0
         print(f" {num_images} | {seconds:7.2f} | {per_image:7.2f} | {sum(positions):12d} | {expected:25d} | "
               f"{expected + sum(prefixes):20d}")
-    staggered(pipe, args, batch_positions)
+    batches(pipe, args, batch_positions)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ dream block, an image block), the last position of the chunk is every fed row's 
 take part in attention. Position ids count real tokens only (cumulative sum of the attention mask), so a row of a batch
 sees exactly the positions it would see alone.
 
+A row that starts an image may wait before its dream block is fed (`DocumentRow.waiting`), so that the rows starting
+images within a few passes of each other feed their dream blocks in one pass and have their images drawn in one
+batched denoising loop ([`DocumentBatch.release_waiting_rows`]).
+
 Ids are fed only when something needs them: a row's unfinished dream block (its hidden states give the image
 condition), and the pending ids of rows that go on writing. The last sampled token of a finished row and an image
 block drawn at the very end of a row are written to the document but never fed.
@@ -33,6 +37,8 @@ class DocumentRow:
         images: The images drawn so far, in order.
         num_new_tokens: Tokens sampled so far (inserted blocks do not count).
         drawing: Whether the row's pending ids end with a dream block whose image has not been drawn.
+        waiting: While the row's dream block waits for other rows to start their images, the passes it has waited so
+            far; `None` when it does not wait.
         finished: Whether the row writes no more tokens (EOS, stopping criterion, token budget or full context).
     """
 
@@ -43,6 +49,7 @@ class DocumentRow:
     images: list = field(default_factory=list)
     num_new_tokens: int = 0
     drawing: bool = False
+    waiting: int | None = None
     finished: bool = False
 
     def extend(self, ids: list[int]):
@@ -55,8 +62,11 @@ class DocumentRow:
 
     @property
     def needs_forward(self) -> bool:
-        """A row is fed when it has pending ids and either goes on writing or waits for its dream condition."""
-        return len(self.ids) > self.num_fed and (self.drawing or not self.finished)
+        """
+        A row is fed when it has pending ids and either goes on writing or needs its dream condition, unless its dream
+        block waits for other rows.
+        """
+        return len(self.ids) > self.num_fed and (self.drawing or not self.finished) and self.waiting is None
 
     @property
     def new_ids(self) -> list[int]:
@@ -117,6 +127,27 @@ class DocumentBatch:
     def needs_forward(self) -> bool:
         return any(row.needs_forward for row in self.rows)
 
+    @property
+    def has_work(self) -> bool:
+        """Whether a row has ids to feed, now or once its dream block stops waiting."""
+        return self.needs_forward or any(row.waiting is not None for row in self.rows)
+
+    def release_waiting_rows(self, window: int):
+        """
+        Lets every waiting dream block be fed, all in the next pass, once one of them has waited `window` passes or no
+        other row has anything to feed; otherwise the waiting rows wait one pass more. With `window` 0 a dream block is
+        fed in the pass after its `<dream_start>` was sampled.
+        """
+        waiting = [row for row in self.rows if row.waiting is not None]
+        if not waiting:
+            return
+        if self.needs_forward and max(row.waiting for row in waiting) < window:
+            for row in waiting:
+                row.waiting += 1
+            return
+        for row in waiting:
+            row.waiting = None
+
     def next_chunk(self) -> ForwardChunk:
         """
         Builds the next forward pass and marks its ids as fed; the cache mask grows by the chunk length.
@@ -173,6 +204,8 @@ class DocumentRun:
         batch: The rows, their prompts encoded.
         generation_config, logits_processor, stopping_criteria: The merged decoding settings.
         max_images: The most images one document may hold.
+        image_batch_window: How many passes a dream block may wait for other rows' (see
+            [`DocumentBatch.release_waiting_rows`]).
         generator: The source of all randomness (one, or one per row).
         diffusion: The keyword arguments of `DreamLLMPipeline.draw_images` that stay the same for every image.
     """
@@ -182,6 +215,7 @@ class DocumentRun:
     logits_processor: LogitsProcessorList
     stopping_criteria: StoppingCriteriaList
     max_images: int
+    image_batch_window: int
     generator: torch.Generator | list[torch.Generator] | None
     diffusion: dict
 

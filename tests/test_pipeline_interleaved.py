@@ -117,6 +117,30 @@ def test_staggered_rows_are_not_padded_to_each_others_blocks(pipe):
     assert [len(images) for images in batched.images] == [1, 1, 1]
 
 
+def test_rows_with_their_own_generators_draw_staggered_images_in_one_denoising_loop(pipe):
+    """
+    Rows starting images a few passes apart, each with its own generator: one batched UNet loop draws all their images
+    (the earlier rows wait), and every row still writes what it writes alone. With image_batch_window=0 each image
+    gets its own loop.
+    """
+    unet_batches = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: unet_batches.append(args[0].shape[0]))
+    prompts, offsets = ["Draw a cat", "Draw a dog", "Draw a bird"], [{1}, {2}, {4}]
+    settings = {"do_sample": True, "max_new_tokens": 8, "num_inference_steps": STEPS, "output_type": "np"}
+    generators = lambda: [torch.Generator().manual_seed(seed) for seed in range(len(prompts))]
+    batched = pipe(prompts, logits_processor=force_dreams(pipe, *offsets), generator=generators(), **settings)
+    assert unet_batches == [2 * len(prompts)] * STEPS
+    unet_batches.clear()
+    pipe(prompts, logits_processor=force_dreams(pipe, *offsets), generator=generators(), image_batch_window=0,
+         **settings)
+    assert unet_batches == [2] * STEPS * len(prompts)
+    for row, (prompt, row_offsets) in enumerate(zip(prompts, offsets)):
+        alone = pipe(prompt, logits_processor=force_dreams(pipe, row_offsets),
+                     generator=torch.Generator().manual_seed(row), **settings)
+        assert len(alone.images[0]) == 1
+        assert_same_documents(batched.documents[row], alone.documents[0], atol=1e-4)
+
+
 def test_drawn_image_is_conditioned_on_its_own_prefix(pipe):
     """The image equals text-to-image on the dream conditions of exactly the ids before its `<dream_start>`."""
     document_ids = RecordSequences()
@@ -255,6 +279,7 @@ def test_official_greedy_answer_matches_the_original(official_tiny):
         ({"prompt": "hi", "guidance_scale": -1.0}, "guidance_scale"),
         ({"prompt": "hi", "height": 30}, "multiple of the VAE scale factor 4"),
         ({"prompt": "hi", "max_images": -1}, "max_images"),
+        ({"prompt": "hi", "image_batch_window": -1}, "image_batch_window"),
         ({"prompt": "hi", "num_beams": 2}, "num_beams"),
         ({"prompt": "hi", "max_new_tokens": 0}, "max_new_tokens"),
         ({"prompt": "hi", "not_an_argument": 1}, "not_an_argument"),
