@@ -79,6 +79,7 @@ def test_lora_instruction_tuning_writes_an_adapter(tmp_path, base, data):
         ("--lora-rank", "0", "lora_rank must be a positive integer"),
         ("--num-workers", "-1", "dataloader_num_workers must be a non-negative integer"),
         ("--shuffle-buffer", "0", "shuffle_buffer must be a positive integer"),
+        ("--max-consecutive-skips", "0", "max_consecutive_skips must be a positive integer"),
         ("--seed", "-3", "seed must be an integer in [0, 2**32)"),
         ("--learning-rate", "nan", "learning_rate must be a finite positive number"),
         ("--learning-rate", "0", "learning_rate must be a finite positive number"),
@@ -99,6 +100,8 @@ def test_numeric_options_are_checked_before_any_work(tmp_path, data, capsys, opt
         ("missing data", "no data file"),
         ("lora in stage 1", "LoRA applies to stages 2 and 3"),
         ("malformed line", "data.jsonl:1: not a DreamLLM document"),
+        ("every image missing", "data.jsonl: reader 0 of 1 skipped 5 records in a row without one usable document "
+         "(missing image: 5)"),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(tmp_path, base, data, capsys, problem, expected):
@@ -107,9 +110,13 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, base, data, capsys, pr
         arguments[3] = tmp_path / "absent.jsonl"
     elif problem == "lora in stage 1":
         arguments += ["--stage", "1", "--lora"]
+    elif problem == "every image missing":
+        (tmp_path / "data.jsonl").write_text('{"segments": [{"text": "A cat."}, {"image": "absent.png"}]}\n')
+        arguments[3] = tmp_path / "data.jsonl"
+        arguments += ["--max-consecutive-skips", "5"]
     else:
         (tmp_path / "data.jsonl").write_text('{"text": "not a document"}\n')
         arguments[3] = tmp_path / "data.jsonl"
     assert train(*arguments) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("dreamllm train: error:") and expected in error
+    errors = [line for line in capsys.readouterr().err.splitlines() if "dreamllm train: error:" in line]
+    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in errors[0]

@@ -192,3 +192,38 @@ def test_bad_records_are_skipped_and_counted_by_reason(tmp_path, processor):
         DocumentStream([str(tmp_path / "absent-{0..3}.tar")], processor)
     with pytest.raises(ValueError, match="weight"):
         DataSource.parse("data.jsonl@heavy")
+
+
+def test_a_stream_of_only_bad_records_fails_naming_the_source_and_reasons(tmp_path, processor):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    lines = [{"segments": [{"text": "A dog."}, {"image": "missing.png"}]},
+             {"segments": [{"image": "broken.png"}, {"text": "A bird."}]}]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    stream = DocumentStream([str(tmp_path / "bad.jsonl")], processor)  # the default limit, 1000 in a row
+    with pytest.raises(ValueError, match=r"bad.jsonl: reader 0 of 1 skipped 1000 records in a row without one usable "
+                       r"document \((missing image: 500, unreadable image: 500|unreadable image: 500, missing image: 500)\)"):
+        next(iter(stream))
+    with webdataset.TarWriter(str(tmp_path / "pairs-000.tar")) as writer:
+        for index in range(4):
+            writer.write({"__key__": f"{index:05d}", "jpg": b"truncated jpeg", "txt": caption(index)})
+    stream = DocumentStream([str(tmp_path / "pairs-000.tar")], processor, max_consecutive_skips=10)
+    with pytest.raises(ValueError, match=r"pairs-000.tar: .* skipped 10 records in a row .*\(unreadable image: 10\).*"
+                       r"--max-consecutive-skips, now 10"):
+        next(iter(stream))
+
+
+def test_scattered_bad_records_are_tolerated(tmp_path, processor):
+    (tmp_path / "ok.png").write_bytes(png(7))
+    good = json.dumps({"segments": [{"text": "A fine cat."}, {"image": "ok.png"}]})
+    bad = json.dumps({"segments": [{"text": "A dog."}, {"image": "missing.png"}]})
+    (tmp_path / "data.jsonl").write_text("\n".join([good, bad, bad, good, bad]) + "\n")
+    stream = DocumentStream([str(tmp_path / "data.jsonl")], processor, shuffle_buffer=1, max_consecutive_skips=3)
+    iterator = DocumentStreamIterator(stream, 0, 1)
+    assert len([next(iterator) for _ in range(20)]) == 20  # never more than 2 bad records in a row, across epochs too
+    counts = skipped_counts(iterator.state_dict())
+    assert counts["documents"] == 20 and counts["missing image"] == 29
+    stream.max_consecutive_skips = 2
+    iterator = iter(stream)
+    next(iterator)
+    with pytest.raises(ValueError, match=r"skipped 2 records in a row .*\(missing image: 2\)"):
+        next(iterator)

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="what image-text pairs teach (default random: either, with probability 1/2)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loading worker processes per process (default 0)")
     parser.add_argument("--shuffle-buffer", type=int, default=1000, help="examples per shuffled block (default 1000)")
+    parser.add_argument("--max-consecutive-skips", type=int, default=1000, metavar="N",
+                        help="stop with an error after N unusable records in a row, e.g. every image unreadable "
+                        "(default 1000; scattered bad records are skipped and counted)")
     parser.add_argument("--save-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="dtype of the saved weights (default float32)")
     parser.add_argument("--output", required=True, help="folder for checkpoints and the trained model")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         **optional,
     }
     check_numbers(lora_rank=args.lora_rank, shuffle_buffer=args.shuffle_buffer,
-                  condition_dropout=args.condition_dropout, **numbers)
+                  max_consecutive_skips=args.max_consecutive_skips, condition_dropout=args.condition_dropout, **numbers)
     sources = [DataSource.parse(spec, image_folder=args.image_folder, pairs=args.pairs) for spec in args.data]
     logging.basicConfig(format="%(message)s")
     logging.getLogger("dreamllm").setLevel(logging.INFO)
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         resume_from_checkpoint=args.resume,
         condition_dropout=args.condition_dropout,
         shuffle_buffer=args.shuffle_buffer,
+        max_consecutive_skips=args.max_consecutive_skips,
         save_dtype=args.save_dtype,
         bf16=args.bf16,
         activation_checkpointing=args.gradient_checkpointing,

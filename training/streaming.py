@@ -12,7 +12,9 @@ How documents flow, on each of the `world_size x num_workers` readers (one per D
 3. **Shuffling.** Each block is emitted in a seeded permutation (a deterministic shuffle buffer).
 4. **Documents.** Each emitted example is mapped to a record (`dreamllm.training.sources`), laid out and its images
    loaded; one that cannot be used is counted by reason and skipped, a document longer than the context is truncated
-   (counted as "truncated").
+   (counted as "truncated"). Scattered bad records are tolerated, but after `max_consecutive_skips` records in a row
+   that could not be used the reader raises a `ValueError` naming the sources and the reasons: a corpus whose images
+   are all unreadable fails at once instead of never yielding a batch.
 
 The state of a reader is where its current block started (per-source epoch, shard and position), how much of the block
 was emitted, and the counts. Resuming re-reads that one block and skips what was emitted: no document is trained on
@@ -45,6 +47,7 @@ SKIP_REASONS = (
 )
 COUNTED = ("documents", "truncated", *SKIP_REASONS)
 STATE_VERSION = 1
+MAX_CONSECUTIVE_SKIPS = 1000
 
 
 def derived_seed(*numbers: int) -> int:
@@ -65,9 +68,12 @@ class DocumentStream(torch.utils.data.IterableDataset):
         shuffle_buffer (`int`, *optional*, defaults to 1000): Examples per shuffled block (1: no shuffling).
         rank, world_size (`int`, *optional*): This process and the number of processes (default: from
             `torch.distributed` when it is initialized, else 0 and 1). [`DreamLLMTrainer`] sets them.
+        max_consecutive_skips (`int`, *optional*, defaults to 1000): How many records in a row a reader may skip
+            before it raises a `ValueError` (with the counts by reason) instead of reading on.
 
     Raises:
-        `ValueError` or `FileNotFoundError`: when a source matches no file or its first example has no known layout.
+        `ValueError` or `FileNotFoundError`: when a source matches no file or its first example has no known layout;
+            while iterating, a `ValueError` after `max_consecutive_skips` unusable records in a row.
     """
 
     def __init__(
@@ -79,16 +85,19 @@ class DocumentStream(torch.utils.data.IterableDataset):
         shuffle_buffer: int = 1000,
         rank: int | None = None,
         world_size: int | None = None,
+        max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS,
     ):
         if not sources:
             raise ValueError("a DocumentStream needs at least one source")
-        if not (isinstance(shuffle_buffer, int) and shuffle_buffer >= 1):
-            raise ValueError(f"shuffle_buffer must be a positive integer, got {shuffle_buffer!r}")
+        for name, value in (("shuffle_buffer", shuffle_buffer), ("max_consecutive_skips", max_consecutive_skips)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.sources = [source if isinstance(source, DataSource) else DataSource.parse(source) for source in sources]
         self.processor = processor
         self.max_length = max_length
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.max_consecutive_skips = max_consecutive_skips
         self.rank, self.world_size = rank, world_size
         for source in self.sources:
             self.check_first_example(source)
@@ -197,6 +206,7 @@ class DocumentStreamIterator:
         self.block_start = [copy.deepcopy(cursor.state) for cursor in self.cursors]
         self.block: list | None = None
         self.counts = Counter()
+        self.skip_run: Counter = Counter()  # (source path, reason) of the records skipped since the last document
 
     def __iter__(self):
         return self
@@ -269,13 +279,30 @@ class DocumentStreamIterator:
             self.count("malformed record", source, error)
             return None
         document.seed = seed
+        self.skip_run.clear()
         self.counts["documents"] += 1
         self.counts["truncated"] += document.truncated
         return document
 
     def count(self, reason: str, source: DataSource, error: Exception):
+        """Counts a skipped record; raises a `ValueError` when it ends a run of `max_consecutive_skips` of them."""
         self.counts[reason] += 1
+        self.skip_run[source.path, reason] += 1
         logger.debug("%s: skipped a record (%s): %s", source.path, reason, error)
+        if self.skip_run.total() >= self.stream.max_consecutive_skips:
+            raise ValueError(self.skip_run_message())
+
+    def skip_run_message(self) -> str:
+        paths = ", ".join(dict.fromkeys(path for path, _ in self.skip_run))
+        reasons = Counter()
+        for (_, reason), number in self.skip_run.items():
+            reasons[reason] += number
+        counts = ", ".join(f"{reason}: {number}" for reason, number in reasons.most_common())
+        return (
+            f"{paths}: reader {self.slot} of {self.num_slots} skipped {self.skip_run.total()} records in a row "
+            f"without one usable document ({counts}); fix the data, or raise max_consecutive_skips "
+            f"(--max-consecutive-skips, now {self.stream.max_consecutive_skips})"
+        )
 
 
 def skipped_counts(state) -> Counter:

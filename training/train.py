@@ -14,14 +14,14 @@ from .data import DreamLLMDataCollator, diffusion_resolution
 from .lora import apply_lora, dreamllm_lora_config
 from .sources import DataSource
 from .stages import TrainingStage, apply_stage, get_stage
-from .streaming import DocumentStream
+from .streaming import MAX_CONSECUTIVE_SKIPS, DocumentStream
 from .trainer import DreamLLMTrainer
 
 logger = logging.getLogger(__name__)
 
 LORA_LEARNING_RATE = 2e-4
 POSITIVE_INTEGERS = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "save_steps",
-                     "logging_steps", "lora_rank", "shuffle_buffer")
+                     "logging_steps", "lora_rank", "shuffle_buffer", "max_consecutive_skips")
 NON_NEGATIVE_INTEGERS = ("dataloader_num_workers",)
 
 
@@ -135,6 +135,7 @@ def train(
     random_flip: bool = True,
     condition_dropout: float = 0.0,
     shuffle_buffer: int = 1000,
+    max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS,
     save_dtype: str = "float32",
     **training_arguments,
 ) -> Path:
@@ -156,6 +157,8 @@ def train(
         condition_dropout (`float`, *optional*, defaults to 0): Probability of training a dream block on the
             unconditional condition instead of its own (classifier-free guidance dropout).
         shuffle_buffer (`int`, *optional*, defaults to 1000): Examples per shuffled block of the stream.
+        max_consecutive_skips (`int`, *optional*, defaults to 1000): Unusable records in a row after which reading
+            stops with a `ValueError` naming the sources and the reasons (scattered bad records are only counted).
         save_dtype (`str`, *optional*, defaults to `"float32"`): Dtype of the saved weights.
         **training_arguments: Overrides of [`dreamllm_training_arguments`] (`max_steps`, `learning_rate`,
             `per_device_train_batch_size`, `gradient_accumulation_steps`, `bf16`, `activation_checkpointing`,
@@ -166,11 +169,12 @@ def train(
 
     Raises:
         `ValueError`: naming the option, for a number training cannot use (`max_steps` 0 or negative, a zero
-            accumulation, a seed out of range, ...); `FileNotFoundError` for data that match no file.
+            accumulation, a seed out of range, ...); `FileNotFoundError` for data that match no file; `ValueError` when
+            the data give `max_consecutive_skips` unusable records in a row.
     """
     check_numbers(
-        lora_rank=lora_rank, shuffle_buffer=shuffle_buffer, condition_dropout=condition_dropout,
-        **{name: value for name, value in training_arguments.items() if name in (*POSITIVE_INTEGERS,
+        lora_rank=lora_rank, shuffle_buffer=shuffle_buffer, max_consecutive_skips=max_consecutive_skips,
+        condition_dropout=condition_dropout, **{name: value for name, value in training_arguments.items() if name in (*POSITIVE_INTEGERS,
            *NON_NEGATIVE_INTEGERS, "seed", "learning_rate")},
     )
     training_arguments.setdefault("max_steps", 1000)
@@ -181,7 +185,7 @@ def train(
     sources = [source if isinstance(source, DataSource) else DataSource.parse(str(source)) for source in sources]
     max_length = pipeline.model.config.text_config.max_position_embeddings
     stream = DocumentStream(sources, pipeline.processor, max_length=max_length, seed=args.seed,
-                            shuffle_buffer=shuffle_buffer)
+                            shuffle_buffer=shuffle_buffer, max_consecutive_skips=max_consecutive_skips)
     trainer = build_trainer(
         pipeline, stream, args, stage=stage, lora=lora, lora_rank=lora_rank, random_flip=random_flip,
         condition_dropout=condition_dropout, save_dtype=save_dtype,
