@@ -27,6 +27,8 @@ import torch
 from bench_text_to_image import build_pipeline
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from dreamllm.pipelines import document_images
+
 PROMPT = "Write a short illustrated story about a fox who learns to paint."
 
 
@@ -79,7 +81,8 @@ def batch_against_sequential(pipe, args, batch_positions: list[int], name: str, 
             suppress_tokens=[config.text_config.eos_token_id],
             generator=[torch.Generator().manual_seed(row) for row in rows],
         )
-        assert all(len(images) == (offsets[row] is not None) for row, images in zip(rows, output.images))
+        assert all(len(document_images(document)) == (offsets[row] is not None)
+                   for row, document in zip(rows, output.documents))
         return output
 
     def timed(function) -> float:
@@ -156,7 +159,7 @@ def main():
             logits_processor=LogitsProcessorList([StartImagesAt(config.dream_start_token_id, offsets)]),
             suppress_tokens=[config.text_config.eos_token_id], generator=torch.Generator().manual_seed(0),
         )
-        assert len(output.images[0]) == num_images
+        assert len(output.images) == num_images
         return time.perf_counter() - start
 
     write(1)  # warm-up

@@ -1,5 +1,5 @@
 """DreamLLM pipelines: the diffusers DreamLLMPipeline and the transformers "interleaved-generation" task."""
 
-from .pipeline_dreamllm import TOY_MODEL_PATH, DreamLLMPipeline, DreamLLMPipelineOutput, default_scheduler
+from .pipeline_dreamllm import TOY_MODEL_PATH, DreamLLMPipeline, DreamLLMPipelineOutput, default_scheduler, document_images
 
-__all__ = ["TOY_MODEL_PATH", "DreamLLMPipeline", "DreamLLMPipelineOutput", "default_scheduler"]
+__all__ = ["TOY_MODEL_PATH", "DreamLLMPipeline", "DreamLLMPipelineOutput", "default_scheduler", "document_images"]

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(args.model or "built-in toy-world model", seed, args.steps, args.guidance,
                         type(pipe.scheduler).__name__)
     write_pages(output.documents[0], args.output, args.prompt, settings)
-    say(f"Wrote {args.output / 'index.html'}, {args.output / 'document.md'} and {len(output.images[0])} image(s)")
+    say(f"Wrote {args.output / 'index.html'}, {args.output / 'document.md'} and {len(output.images)} image(s)")
     return 0
 
 

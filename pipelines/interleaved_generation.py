@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from transformers import AutoModelForCausalLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .pipeline_dreamllm import DreamLLMPipeline, is_conversation
+from .pipeline_dreamllm import DreamLLMPipeline, document_images, is_conversation
 
 TASK = "interleaved-generation"
 
@@ -96,16 +96,16 @@ class InterleavedGenerationPipeline(Pipeline):
             use_chat_template = use_chat_template[0]
         else:
             requests = [requests]
-        documents, text, images = self.dreamllm_pipeline(
+        output = self.dreamllm_pipeline(
             [request.prompt for request in requests],
             images=[request.images for request in requests],
             use_chat_template=use_chat_template,
             **forward_parameters,
-            return_dict=False,
         )
+        images = [document_images(document) for document in output.documents]
         if batched:
-            return {"document": documents, "text": text, "images": images}
-        return {"document": documents[0], "text": text[0], "images": images[0]}
+            return {"document": output.documents, "text": output.text, "images": images}
+        return {"document": output.documents[0], "text": output.text[0], "images": images[0]}
 
     def postprocess(self, model_outputs: dict) -> dict:
         return model_outputs

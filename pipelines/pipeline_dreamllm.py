@@ -84,13 +84,17 @@ class DreamLLMPipelineOutput(BaseOutput):
             One document per prompt: text segments and images in reading order (interleaved generation).
         text (`list[str]`, *optional*):
             The text of each document, with `<image>` where its images stand.
-        images (`list[list[PIL.Image.Image]]` or `np.ndarray` or `torch.Tensor`, *optional*):
-            The images of each document (interleaved generation), or the generated images (text-to-image).
+        images (`list[PIL.Image.Image]` or `np.ndarray` or `torch.Tensor`, *optional*):
+            Every generated image, flat as in diffusers' outputs: for interleaved generation all images of all
+            documents, in reading order, prompt by prompt (the images of one document are in its `documents` entry,
+            see [`document_images`]); for text-to-image `batch * num_images_per_prompt` images. PIL images are a
+            list; `"np"`, `"pt"` and `"latent"` outputs are one stacked array or tensor (an empty list when no
+            document holds an image).
     """
 
     documents: list[list[str | PIL.Image.Image]] | None = None
     text: list[str] | None = None
-    images: list[list[PIL.Image.Image]] | list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -631,8 +635,9 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
                 generator; with one generator for the batch (or none) images are drawn at once.
 
         Returns:
-            [`DreamLLMPipelineOutput`]: `documents` (text segments and images in reading order), `text` (with
-            `<image>` for each image) and `images`, one entry per prompt.
+            [`DreamLLMPipelineOutput`]: `documents` (text segments and images in reading order) and `text` (with
+            `<image>` for each image), one entry per prompt, and `images`: every image of every document, flat, in
+            reading order, prompt by prompt (a list of PIL images, or one stacked array or tensor).
 
         Raises:
             `ValueError`: on a bad setting, a prompt longer than the context, or a wrong number of images.
@@ -793,7 +798,8 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         documents = [self.processor.decode_document(row.new_ids, row.images) for row in batch.rows]
         text = [" ".join(self.processor.image_token if not isinstance(part, str) else part for part in document)
                 for document in documents]
-        return DreamLLMPipelineOutput(documents=documents, text=text, images=[row.images for row in batch.rows])
+        images = stack_images([image for row in batch.rows for image in row.images])
+        return DreamLLMPipelineOutput(documents=documents, text=text, images=images)
 
     def prepare_document_prompts(
         self, prompt, images, use_chat_template: bool
@@ -1319,6 +1325,20 @@ def as_image_list(images) -> list:
     return [load_image(image) if isinstance(image, str) else image for image in images]
 
 
+def stack_images(images: list):
+    """Images in a flat batch like diffusers' outputs: PIL images as a list, arrays or tensors stacked into one."""
+    if images and isinstance(images[0], np.ndarray):
+        return np.stack(images)
+    if images and isinstance(images[0], torch.Tensor):
+        return torch.stack(images)
+    return images
+
+
+def document_images(document: list) -> list:
+    """The images of one document of [`DreamLLMPipelineOutput.documents`], in reading order."""
+    return [part for part in document if not isinstance(part, str)]
+
+
 def check_components(model, processor, unet, vae, scheduler):
     """Raises a `TypeError` naming a component of the wrong kind, or a `ValueError` when they do not fit together."""
     expected = {
@@ -1420,4 +1440,4 @@ def component_class(model_index: dict, name: str) -> type:
     return component
 
 
-__all__ = ["DreamLLMPipeline", "DreamLLMPipelineOutput", "default_scheduler"]
+__all__ = ["DreamLLMPipeline", "DreamLLMPipelineOutput", "default_scheduler", "document_images"]

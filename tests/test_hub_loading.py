@@ -10,7 +10,10 @@ from pathlib import Path
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from dreamllm.conversion import convert_original_checkpoint
 from dreamllm.hub_files import LOADER_MODULE
@@ -138,3 +141,28 @@ def test_saved_folder_still_loads_with_dreamllm_pipeline(saved_pipeline):
 def test_converted_folder_loads_through_the_entry_points(official_tiny, tmp_path):
     folder = convert_original_checkpoint(official_tiny / "checkpoint", tmp_path / "converted")
     assert json.loads(run_fresh(ENTRY_POINTS, folder)) == EXPECTED_CLASSES
+
+
+def test_diffusers_cli_run_saves_the_images_of_every_document(saved_pipeline, tmp_path):
+    """`diffusers-cli run` loads the folder with trust_remote_code and saves `images`: every document's, in order."""
+    from dreamllm import DreamLLMPipeline
+    from dreamllm.pipelines import document_images
+
+    dream_start = json.loads((saved_pipeline / "config.json").read_text())["dream_start_token_id"]
+    arguments = {"prompt": ["Draw", "Draw two"], "num_inference_steps": 1, "max_new_tokens": 8, "max_images": 2,
+                 "sequence_bias": [[[dream_start], 50.0]]}
+    output_folder = tmp_path / "outputs"
+    subprocess.run(
+        [sys.executable, "-m", "diffusers.commands.diffusers_cli", "run", "--model", str(saved_pipeline),
+         "--trust-remote-code", "--seed", "0", "--pipeline-kwargs", json.dumps(arguments),
+         "--output", f"{output_folder}/"],
+        capture_output=True, text=True, check=True,
+    )
+    pipe = DreamLLMPipeline.from_pretrained(saved_pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    documents = pipe(**arguments, generator=torch.Generator().manual_seed(0)).documents
+    expected = [np.asarray(image) for document in documents for image in document_images(document)]
+    saved = sorted(output_folder.glob("*.png"))
+    assert [path.name for path in saved] == [f"{index:04d}.png" for index in range(4)] and len(expected) == 4
+    for path, image in zip(saved, expected):
+        assert np.abs(np.asarray(Image.open(path)).astype(int) - image.astype(int)).max() <= 1

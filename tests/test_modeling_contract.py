@@ -303,4 +303,4 @@ def test_the_pipeline_still_draws_where_plain_generate_stops():
         "Draw", max_new_tokens=3, num_inference_steps=1, max_images=1, height=16, width=16,
         logits_processor=LogitsProcessorList([Favour([dream_start])]), generator=torch.Generator().manual_seed(0),
     )
-    assert len(document.images[0]) == 1
+    assert len(document.images) == 1

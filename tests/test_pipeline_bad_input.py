@@ -70,5 +70,5 @@ def test_unconditional_condition_is_computed_on_the_first_draw_once_per_call(pip
                         lambda *args, **kwargs: computations.append(1) or compute(*args, **kwargs))
     output = pipe("hi", num_inference_steps=1, guidance_scale=3.0, max_images=images_drawn,
                   **draw_first(pipe, max_new_tokens=12))
-    assert len(output.images[0]) == images_drawn
+    assert len(output.images) == images_drawn
     assert len(computations) == expected_computations

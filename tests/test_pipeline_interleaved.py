@@ -11,6 +11,7 @@ from official_tiny import load_official_tiny_pipeline
 from safetensors.torch import load_file
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from dreamllm.pipelines import document_images
 from dreamllm.testing import tiny_pipeline
 
 STEPS = 2
@@ -49,7 +50,7 @@ def test_document_interleaves_text_and_drawn_images(pipe):
     document = output.documents[0]
     assert [type(part) for part in document] == [str, PIL.Image.Image, str]
     assert document[1].size == (32, 32)
-    assert output.images == [[document[1]]]
+    assert output.images == [document[1]]
     assert output.text == [f"{document[0]} <image> {document[2]}"]
 
 
@@ -67,7 +68,7 @@ def test_prefix_is_never_encoded_again(pipe):
         stopping_criteria=StoppingCriteriaList([records]), suppress_tokens=[config.text_config.eos_token_id],
         max_new_tokens=max_new_tokens, num_inference_steps=STEPS,
     )
-    assert len(output.images[0]) == 2
+    assert len(output.images) == 2
     prompt_length = len(pipe.processor(text=pipe.prepare_document_prompts("Tell a story with pictures", None, True)[0])
                         .input_ids[0])
     document_length = max_new_tokens + 2 * image_block_length(pipe)
@@ -93,8 +94,10 @@ def test_batched_rows_write_what_they_write_alone(pipe):
             prompt, logits_processor=force_dreams(pipe, row_offsets),
             generator=torch.Generator().manual_seed(row + 1), **settings,
         )
-        assert len(alone.images[0]) == len(row_offsets)
+        assert len(alone.images) == len(row_offsets)
         assert_same_documents(batched.documents[row], alone.documents[0], atol=1e-4)
+    drawn = [image for document in batched.documents for image in document_images(document)]
+    assert batched.images.shape == (3, 32, 32, 3) and np.array_equal(batched.images, np.stack(drawn))
 
 
 def test_staggered_rows_are_not_padded_to_each_others_blocks(pipe):
@@ -114,7 +117,8 @@ def test_staggered_rows_are_not_padded_to_each_others_blocks(pipe):
     for prompt, row_offsets in zip(prompts, offsets):
         pipe(prompt, logits_processor=force_dreams(pipe, row_offsets), **settings)
     assert batch_positions <= 1.05 * sum(rows * length for rows, length in fed)
-    assert [len(images) for images in batched.images] == [1, 1, 1]
+    assert [len(document_images(document)) for document in batched.documents] == [1, 1, 1]
+    assert batched.images == [image for document in batched.documents for image in document_images(document)]
 
 
 def test_rows_with_their_own_generators_draw_staggered_images_in_one_denoising_loop(pipe):
@@ -137,7 +141,7 @@ def test_rows_with_their_own_generators_draw_staggered_images_in_one_denoising_l
     for row, (prompt, row_offsets) in enumerate(zip(prompts, offsets)):
         alone = pipe(prompt, logits_processor=force_dreams(pipe, row_offsets),
                      generator=torch.Generator().manual_seed(row), **settings)
-        assert len(alone.images[0]) == 1
+        assert len(alone.images) == 1
         assert_same_documents(batched.documents[row], alone.documents[0], atol=1e-4)
 
 
@@ -154,7 +158,7 @@ def test_drawn_image_is_conditioned_on_its_own_prefix(pipe):
         negative_prompt_embeds=pipe.model.get_unconditional_dream_conditions(), num_inference_steps=STEPS,
         generator=torch.Generator().manual_seed(4), output_type="np",
     ).images[0]
-    assert np.allclose(output.images[0][0], expected, atol=1e-4)
+    assert np.allclose(output.images[0], expected, atol=1e-4)
 
 
 def test_batched_prompts_read_their_own_images(pipe):
@@ -183,10 +187,10 @@ def test_max_images_caps_every_document(pipe):
     always = set(range(100))
     output = pipe("Pictures please", logits_processor=force_dreams(pipe, always), max_images=2, max_new_tokens=8,
                   num_inference_steps=STEPS)
-    assert len(output.images[0]) == 2
+    assert len(output.images) == 2
     assert isinstance(output.documents[0][-1], str)  # once capped, the row writes text
     text_only = pipe("Pictures please", logits_processor=force_dreams(pipe, always), max_images=0, max_new_tokens=4)
-    assert text_only.images == [[]]
+    assert text_only.images == []
 
 
 def test_eos_ends_one_row_and_the_other_goes_on(pipe):

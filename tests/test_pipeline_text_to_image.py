@@ -179,7 +179,7 @@ def test_model_cpu_offload_hooks_every_component_and_changes_no_output(pipe):
                                    output_type="np").images
         document = pipe("draw", sequence_bias={(pipe.model.config.dream_start_token_id,): 50.0}, max_images=1,
                         max_new_tokens=4, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
-        return image, document.text, np.asarray(document.images[0][0])
+        return image, document.text, np.asarray(document.images[0])
 
     plain = outputs()
     pipe.enable_model_cpu_offload(device="cpu")

@@ -184,7 +184,7 @@ def test_text_iterator_streamer_in_a_thread(pipe):
     streamed = "".join(streamer)
     thread.join()
     output = result["output"]
-    assert streamed.count(pipe.processor.image_token) == len(output.images[0]) == 1
+    assert streamed.count(pipe.processor.image_token) == len(output.images) == 1
     eos = pipe.processor.tokenizer.eos_token
     assert "".join(streamed.replace(eos, "").split()) == "".join(output.text[0].split())
 
@@ -217,7 +217,7 @@ def test_streamer_gets_prompt_then_tokens(pipe):
     prompt = pipe.processor(text=pipe.chat_text([{"role": "user", "content": "Tell a story"}])).input_ids
     assert streamer.puts[0] == prompt
     assert [value for value in streamer.puts[1:] if len(value) != 1] == []
-    assert [value[0] for value in streamer.puts[1:]].count(pipe.model.config.image_token_id) == len(output.images[0])
+    assert [value[0] for value in streamer.puts[1:]].count(pipe.model.config.image_token_id) == len(output.images)
     assert streamer.ended == 1
 
 

@@ -76,7 +76,7 @@ def documents(pipe, split: str, num_objects: tuple[int, ...], per_count: int, st
                 generator=torch.Generator().manual_seed(EVALUATION_SEED + 100 * k + index),
                 max_new_tokens=96,
             )
-            pictures = output.images[0]
+            pictures = output.images
             judged = [toy_world.analyze_image(image) for image in pictures]
             sized = all(toy_world.size_matches(image, shape, size)
                         for image, (_, shape), size in zip(pictures, objects, sizes))
@@ -111,5 +111,5 @@ def refusals(pipe, split: str, num_prompts: int, steps: int) -> Score:
         prompt = grammar.impossible_request(toy_world.sample_rng(EVALUATION_SEED + 7, index), split)
         output = pipe(prompt, num_inference_steps=steps, max_new_tokens=48,
                       generator=torch.Generator().manual_seed(EVALUATION_SEED + index))
-        score.add(not output.images[0] and bool(output.text[0].strip()), (prompt, output.text[0]))
+        score.add(not output.images and bool(output.text[0].strip()), (prompt, output.text[0]))
     return score
