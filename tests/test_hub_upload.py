@@ -1,12 +1,16 @@
-"""Uploads to a local stand-in for the Hub: the files, the model card, and no local path in anything uploaded."""
+"""Uploads to a local stand-in for the Hub: the files, the model card (with its license), the printed repo URL, and
+no local path in anything uploaded."""
+
+from pathlib import Path
 
 import yaml
-from huggingface_hub import RepoUrl
+from huggingface_hub import CommitInfo, RepoUrl
 
 from dreamllm.conversion import push_folder_to_hub
 from dreamllm.hub_files import hub_model_id
 from dreamllm.pipelines.hub import pipeline_model_card
 from dreamllm.testing import tiny_pipeline
+from dreamllm.training import apply_lora, push_adapter_to_hub
 
 
 class LocalHub:
@@ -22,6 +26,14 @@ class LocalHub:
 
     def create_commit(self, repo_id, operations, commit_message):
         LocalHub.uploads = {operation.path_in_repo: read(operation.path_or_fileobj) for operation in operations}
+
+    def upload_folder(self, repo_id, folder_path, commit_message, create_pr=False):
+        folder = Path(folder_path)
+        LocalHub.uploads = {path.relative_to(folder).as_posix(): path.read_bytes()
+                            for path in folder.rglob("*") if path.is_file()}
+        oid = "0" * 40
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message=commit_message,
+                          commit_description="", oid=oid)
 
 
 def read(source) -> bytes:
@@ -62,3 +74,22 @@ def test_converted_folder_uploads_in_one_commit_with_a_card_and_no_local_path(tm
     for name, content in LocalHub.uploads.items():
         if not name.endswith(".safetensors"):
             assert str(tmp_path).encode() not in content, name
+
+
+def test_pipeline_push_prints_the_repo_url_and_declares_the_license(monkeypatch, capsys):
+    monkeypatch.setattr("dreamllm.pipelines.pipeline_dreamllm.HfApi", LocalHub)
+    commit = tiny_pipeline().push_to_hub("me/dreamllm-tiny", license="llama2")
+    assert commit.repo_url == "https://huggingface.co/me/dreamllm-tiny"
+    assert "Uploaded DreamLLMPipeline to https://huggingface.co/me/dreamllm-tiny" in capsys.readouterr().out
+    assert {"model_index.json", "unet/config.json", "README.md"} <= set(LocalHub.uploads)
+    assert card_metadata(LocalHub.uploads["README.md"].decode())["license"] == "llama2"
+
+
+def test_adapter_push_prints_the_repo_url_and_declares_the_license(monkeypatch, capsys):
+    monkeypatch.setattr("dreamllm.training.lora.HfApi", LocalHub)
+    commit = push_adapter_to_hub(apply_lora(tiny_pipeline().model), "me/dreamllm-lora", license="apache-2.0")
+    assert commit.repo_url == "https://huggingface.co/me/dreamllm-lora"
+    assert "Uploaded the LoRA adapter to https://huggingface.co/me/dreamllm-lora" in capsys.readouterr().out
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(LocalHub.uploads)
+    assert card_metadata(LocalHub.uploads["README.md"].decode())["license"] == "apache-2.0"
+
