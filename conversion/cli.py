@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--dtype", choices=list(DTYPE_CHOICES), default="auto", help="auto keeps the stored dtype.")
     parser.add_argument("--force", action="store_true", help="Replace an existing model at --output.")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload the result and a model card to this Hub model repo.")
-    parser.add_argument("--license", help="The license the uploaded card declares (e.g. llama2, apache-2.0).")
+    parser.add_argument("--license", help="The license the uploaded card declares (e.g. llama2, apache-2.0); by default the source's.")
     parser.add_argument(
         "--vision-config",
         metavar="DIR",

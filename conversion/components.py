@@ -21,7 +21,7 @@ from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.tokenization_dreamllm import add_dreamllm_special_tokens
 
 from .convert import DTYPE_CHOICES
-from .hub import push_folder_to_hub
+from .hub import card_license, push_folder_to_hub
 from .original import TOKEN_ID_FIELDS
 from .upstream import load_diffusion_parts, load_vision_parts
 
@@ -57,7 +57,8 @@ def build_from_components(
         force: Replace an existing model at `output_dir`.
         max_shard_size: Largest weights file written (bytes or a string such as `"5GB"`).
         push_to_hub: A Hub repo id to upload the result to, with a model card.
-        license: The license the card declares (an SPDX id or a Hub license name).
+        license: The license the card declares (an SPDX id or a Hub license name); by default the one `llm_dir`
+            declares (`license` in its `README.md` front matter, else in its `config.json`).
 
     Returns:
         The output folder.
@@ -89,7 +90,7 @@ def build_from_components(
     pipeline.save_pretrained(output_dir, max_shard_size=max_shard_size)
     if push_to_hub:
         push_folder_to_hub(output_dir, push_to_hub, commit_message="Upload an untrained DreamLLM built from components",
-                           license=license)
+                           license=card_license(license, llm_dir))
     return Path(output_dir)
 
 

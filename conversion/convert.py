@@ -26,7 +26,7 @@ from dreamllm.pipelines import DreamLLMPipeline
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.tokenization_dreamllm import convert_original_tokenizer
 
-from .hub import push_folder_to_hub
+from .hub import card_license, push_folder_to_hub
 from .original import OriginalCheckpoint, Rename, WeightsSource
 from .upstream import load_diffusion_parts, load_vision_parts, resolve_upstream_folder
 from .weights import LazyTensors, ShardedSafetensorsWriter, StoredTensor, open_weights
@@ -97,7 +97,8 @@ def convert_original_checkpoint(
         max_shard_size: Largest weights file written (bytes or a string such as `"5GB"`); memory does not depend
             on it.
         push_to_hub: A Hub repo id to upload the converted folder to, with a model card.
-        license: The license the card declares (an SPDX id or a Hub license name, e.g. `"llama2"`).
+        license: The license the card declares (an SPDX id or a Hub license name, e.g. `"llama2"`); by default the
+            one `input_dir` declares (`license` in its `README.md` front matter, else in its `config.json`).
 
     Returns:
         The converted folder.
@@ -124,7 +125,8 @@ def convert_original_checkpoint(
     logger.info("Converted %s to %s (%s)", checkpoint.folder, output_dir, target_dtype)
     if push_to_hub:
         message = f"Convert the original DreamLLM checkpoint ({target_dtype})"
-        push_folder_to_hub(output_dir, push_to_hub, commit_message=message, license=license)
+        push_folder_to_hub(output_dir, push_to_hub, commit_message=message,
+                           license=card_license(license, checkpoint.folder))
     return Path(output_dir)
 
 

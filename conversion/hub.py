@@ -1,11 +1,15 @@
 """Uploading a converted folder to the Hugging Face Hub, with its model card."""
 
+import json
+import logging
 import os
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 
 from dreamllm.pipelines.hub import pipeline_model_card
+
+logger = logging.getLogger(__name__)
 
 
 def push_folder_to_hub(
@@ -38,3 +42,33 @@ def folder_operations(folder: Path) -> list[CommitOperationAdd]:
         CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
         for path in sorted(folder.rglob("*")) if path.is_file() and path.relative_to(folder).as_posix() != "README.md"
     ]
+
+
+def source_license(source: str | os.PathLike) -> str | None:
+    """
+    The license a source checkpoint folder declares: `license` in the front matter of its `README.md` (its model
+    card), else a `license` key in its `config.json`; `None` when neither says.
+    """
+    source = Path(source)
+    readme, config = source / "README.md", source / "config.json"
+    if readme.is_file():
+        card_license = ModelCard.load(readme).data.license
+        if card_license:
+            return str(card_license)
+    if config.is_file():
+        config_license = json.loads(config.read_text()).get("license")
+        if config_license:
+            return str(config_license)
+    return None
+
+
+def card_license(license: str | None, source: str | os.PathLike) -> str | None:
+    """
+    The license an uploaded card declares: `license` when given, else the source checkpoint's (see
+    `source_license`). A given license that differs from the source's wins, with a warning naming both.
+    """
+    carried = source_license(source)
+    if license and carried and license != carried:
+        logger.warning("Declaring license %r as asked, but the source checkpoint %s declares %r",
+                       license, Path(source).name, carried)
+    return license or carried

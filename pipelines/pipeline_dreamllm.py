@@ -1191,26 +1191,34 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         private: bool | None = None,
         token: str | None = None,
         create_pr: bool = False,
+        license: str | None = None,
     ):
         """
         Uploads the pipeline to the Hub: the [`~DreamLLMPipeline.save_pretrained`] layout plus a model card
-        (`README.md`: library, pipeline tag, tags and a usage snippet). Creates the repo when it does not exist.
+        (`README.md`: library, pipeline tag, tags, `license` when given and a usage snippet). Creates the repo when
+        it does not exist and prints its URL.
+
+        Args:
+            license (`str`, *optional*): The license the card declares (an SPDX id or a Hub license name, e.g.
+                `"llama2"`).
 
         Returns:
             The `CommitInfo` of the upload.
         """
         api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as temporary:
             folder = Path(temporary) / "pipeline"
             self.save_pretrained(folder)
-            pipeline_model_card(repo_id).save(folder / "README.md")
-            return api.upload_folder(
-                repo_id=repo_id,
+            pipeline_model_card(repo_url.repo_id, license=license).save(folder / "README.md")
+            commit = api.upload_folder(
+                repo_id=repo_url.repo_id,
                 folder_path=folder,
                 commit_message=commit_message or "Upload DreamLLMPipeline",
                 create_pr=create_pr,
             )
+        print(f"Uploaded DreamLLMPipeline to {repo_url}")
+        return commit
 
     @classmethod
     def from_pretrained(

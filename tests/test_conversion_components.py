@@ -98,3 +98,15 @@ def test_new_parts_are_initialized_and_the_model_reads_and_dreams(built):
 def test_an_existing_output_is_kept_without_force(built, official_tiny, llm_dir, capsys):
     assert cli_main(component_arguments(official_tiny, llm_dir, built)) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_llm_folders_license_goes_on_the_uploaded_card(official_tiny, llm_dir, tmp_path, monkeypatch):
+    licensed_llm = tmp_path / "vicuna"
+    shutil.copytree(llm_dir, licensed_llm)
+    (licensed_llm / "README.md").write_text("---\nlicense: llama2\n---\n# Vicuna tiny\n")
+    uploads = []
+    monkeypatch.setattr("dreamllm.conversion.components.push_folder_to_hub",
+                        lambda folder, repo_id, **kwargs: uploads.append((repo_id, kwargs["license"])))
+    arguments = [*component_arguments(official_tiny, licensed_llm, tmp_path / "built"), "--num-dream-queries", "8"]
+    assert cli_main([*arguments, "--push-to-hub", "me/dreamllm-untrained"]) == 0
+    assert uploads == [("me/dreamllm-untrained", "llama2")]

@@ -93,10 +93,12 @@ def adapter_model_card(repo_id: str, base_model: str | None, license: str | None
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{text}")
 
 
-def write_adapter_model_card(adapter_dir: str | os.PathLike, base_model: str | None, repo_id: str | None = None):
+def write_adapter_model_card(
+    adapter_dir: str | os.PathLike, base_model: str | None, repo_id: str | None = None, license: str | None = None
+):
     """Writes the adapter's `README.md` (see [`adapter_model_card`]); `repo_id` defaults to the folder's name."""
     adapter_dir = Path(adapter_dir)
-    adapter_model_card(repo_id or adapter_dir.name, base_model).save(adapter_dir / "README.md")
+    adapter_model_card(repo_id or adapter_dir.name, base_model, license=license).save(adapter_dir / "README.md")
 
 
 def push_adapter_to_hub(
@@ -106,27 +108,30 @@ def push_adapter_to_hub(
     private: bool | None = None,
     token: str | None = None,
     create_pr: bool = False,
+    license: str | None = None,
 ):
     """
-    Uploads a LoRA adapter to the Hub: the `save_pretrained` files plus a model card ([`adapter_model_card`]).
-    Creates the repo when it does not exist.
+    Uploads a LoRA adapter to the Hub: the `save_pretrained` files plus a model card ([`adapter_model_card`],
+    declaring `license` when given). Creates the repo when it does not exist and prints its URL.
 
     Returns:
         The `CommitInfo` of the upload.
     """
     api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
     base_model = model.peft_config[model.active_adapter].base_model_name_or_path
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary) / "adapter"
         model.save_pretrained(folder)
-        write_adapter_model_card(folder, base_model, repo_id)
-        return api.upload_folder(
-            repo_id=repo_id,
+        write_adapter_model_card(folder, base_model, repo_url.repo_id, license=license)
+        commit = api.upload_folder(
+            repo_id=repo_url.repo_id,
             folder_path=folder,
             commit_message=commit_message or "Upload DreamLLM LoRA adapter",
             create_pr=create_pr,
         )
+    print(f"Uploaded the LoRA adapter to {repo_url}")
+    return commit
 
 
 __all__ = [
