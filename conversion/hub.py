@@ -52,9 +52,9 @@ def source_license(source: str | os.PathLike) -> str | None:
     source = Path(source)
     readme, config = source / "README.md", source / "config.json"
     if readme.is_file():
-        card_license = ModelCard.load(readme).data.license
-        if card_license:
-            return str(card_license)
+        readme_license = ModelCard.load(readme).data.license
+        if readme_license:
+            return str(readme_license)
     if config.is_file():
         config_license = json.loads(config.read_text()).get("license")
         if config_license:
