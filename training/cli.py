@@ -1,6 +1,7 @@
 """`dreamllm train`: train a saved DreamLLM on streamed, mixed corpora (full weights or a LoRA adapter)."""
 
 import argparse
+import contextlib
 import logging
 
 EXAMPLES = """examples:
@@ -52,6 +53,23 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="resume from CHECKPOINT, or from the newest complete checkpoint in --output")
 
 
+@contextlib.contextmanager
+def worker_errors_in_one_line():
+    """
+    Re-raises an error of a data loading worker (`--num-workers` above 0), whose message holds the worker's whole
+    traceback, as a one-line `ValueError`: where it happened and the original error.
+    """
+    try:
+        yield
+    except Exception as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if not lines or "DataLoader worker" not in lines[0]:
+            raise
+        where = lines[0].removeprefix(f"Caught {type(error).__name__} ").rstrip(".")
+        raise ValueError(f"data loading failed {where}: {lines[-1]}" if len(lines) > 1 else lines[0]) from None
+
+
+@worker_errors_in_one_line()
 def run(args: argparse.Namespace) -> int:
     """Trains as `args` say and saves the result in `args.output`; returns the exit status."""
     from accelerate import PartialState
