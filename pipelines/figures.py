@@ -3,9 +3,9 @@ them (a test keeps both the same): parity with the original implementation, and 
 transformers and diffusers classes."""
 
 PARITY_SETUP = (
-    "max abs difference from outputs of the original implementation (transformers 4.35.2, diffusers 0.24.0) on a "
-    "tiny checkpoint in the original release format, after conversion, in float32 on CPU with eager attention "
-    "(`tests/test_official_parity.py`)"
+    "outputs of the original implementation (transformers 4.35.2, diffusers 0.24.0) on a tiny checkpoint in the "
+    "original release format, compared after conversion in float32 on CPU with eager attention by "
+    "`tests/test_official_parity.py`"
 )
 PARITY = (
     ("text-only logits and all hidden states", "3.1e-6"),
@@ -18,13 +18,14 @@ PARITY = (
     ("batched text-to-image, long row", "latents 3.0e-5; image 1.2e-6"),
 )
 SPEED = (
-    ("text-to-image time against diffusers `StableDiffusionPipeline` (same UNet, VAE and scheduler, 50 steps)",
-     "1.023×, 1.020× and 1.021×"),
-    ("greedy text decoding throughput against transformers `LlamaForCausalLM`", "1.012× and 1.006×"),
+    ("text-to-image time relative to diffusers `StableDiffusionPipeline` (same UNet, VAE and scheduler, 50 steps, "
+     "three runs)", "1.023×, 1.020× and 1.021×"),
+    ("greedy text decoding throughput relative to transformers `LlamaForCausalLM` (two runs, > 1 is faster)",
+     "1.012× and 1.006×"),
     ("language-model positions added per image of an interleaved document", "+323"),
     ("memory growth converting a ~1 GB checkpoint, any `--dtype`", "21–57 MB"),
 )
-SPEED_SETUP = "measured by the scripts in `benchmarks/` on a 2-core CPU, with small random models"
+SPEED_SETUP = "the scripts in `benchmarks/`, run on a 2-core CPU with small random models"
 
 
 def table_row(*cells: str) -> str:

@@ -111,7 +111,7 @@ def conversion_section(conversion: dict | None) -> str:
     if not conversion:
         return ""
     source, target = conversion["source_dtype"], conversion["dtype"]
-    cast = f"cast from {source} to {target}" if source != target else f"kept in its stored {target}"
+    cast = f"cast from {source} to {target}" if source != target else f"kept in {target}, the dtype they were stored in"
     parity = "\n".join(table_row(check, figure) for check, figure in PARITY)
     speed = "\n".join(f"- {what}: {figure}" for what, figure in SPEED)
     return f"""
@@ -119,13 +119,14 @@ def conversion_section(conversion: dict | None) -> str:
 
 Converted from the original DreamLLM release with `dreamllm convert`; the weights were {cast}.
 
-Parity with the original implementation ({PARITY_SETUP}):
+Parity with the original implementation, measured on {PARITY_SETUP} (a checkpoint cast to a lower
+precision also differs by that precision's rounding):
 
 | check | max abs difference |
 |---|---|
 {parity}
 
-Speed ({SPEED_SETUP}; ratios of our time or throughput to the closest Hugging Face class):
+Speed and memory, measured by {SPEED_SETUP} against the closest Hugging Face class:
 
 {speed}
 """

@@ -123,7 +123,7 @@ def test_converted_card_states_the_dtype_cast_and_the_measured_figures(licensed_
 def test_a_kept_dtype_is_stated_as_kept(licensed_source, tmp_path, monkeypatch):
     LocalHub.install(monkeypatch)
     assert cli_main([*licensed_source, "--output", str(tmp_path / "converted")]) == 0
-    assert "the weights were kept in its stored float32" in LocalHub.card()
+    assert "the weights were kept in float32, the dtype they were stored in" in LocalHub.card()
     assert LocalHub.card_metadata()["dreamllm"]["conversion"] == {"source_dtype": "float32", "dtype": "float32"}
 
 
