@@ -38,6 +38,7 @@ TRAINER_STATE_NAME = "trainer_state.json"
 DATA_STATE_NAME = "data_state-rank{rank}.json"
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 CHECKPOINT_STAGING_PATTERN = re.compile(rf"^\.{PREFIX_CHECKPOINT_DIR}-\d+\.partial$")
+FSDP1_WRAPPER_PREFIX = "_fsdp_wrapped_module."  # in parameter names under FSDP1, not in its state dict
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -543,7 +544,7 @@ class DreamLLMTrainer(Trainer):
             expected = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
             missing = [] if saved else sorted(expected)
         else:
-            expected = {name for name, _ in model.named_parameters()}
+            expected = {name.replace(FSDP1_WRAPPER_PREFIX, "") for name, _ in model.named_parameters()}
             missing = sorted(expected - saved.keys())
         if missing:
             raise RuntimeError(
