@@ -70,9 +70,13 @@ class NoSourceCopy:
         """Does nothing: the folder's `dreamllm_loader.py` (see `write_loader_files`) names the class."""
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves as transformers does, then writes the loader file and `auto_map` entries (`write_loader_files`)."""
+        """
+        Saves as transformers does, then writes the loader file and `auto_map` entries (`write_loader_files`) on the
+        main process only (`is_main_process=False` on the others, as transformers' own files).
+        """
         saved = super().save_pretrained(save_directory, *args, **kwargs)
-        write_loader_files(save_directory)
+        if kwargs.get("is_main_process", True):
+            write_loader_files(save_directory)
         return saved
 
 

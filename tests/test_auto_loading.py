@@ -58,6 +58,17 @@ def test_save_writes_safetensors_only(saved_tiny):
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
 
 
+def test_only_the_main_process_writes_the_loader_files(tiny, tmp_path):
+    """Processes that save with `is_main_process=False` (the non-writers of a distributed save) write nothing."""
+    model, _ = tiny
+    model.save_pretrained(tmp_path / "other-process", is_main_process=False)
+    assert not (tmp_path / "other-process" / "dreamllm_loader.py").exists()
+    assert not (tmp_path / "other-process" / "config.json").exists()
+    model.save_pretrained(tmp_path / "main-process")
+    config = json.loads((tmp_path / "main-process" / "config.json").read_text())
+    assert (tmp_path / "main-process" / "dreamllm_loader.py").is_file() and "auto_map" in config
+
+
 def test_auto_classes_load_bit_exactly_in_a_fresh_process(tiny, saved_tiny, tmp_path):
     reference_file = tmp_path / "reference.safetensors"
     save_file({key: value.contiguous() for key, value in tiny[0].state_dict().items()}, reference_file)
