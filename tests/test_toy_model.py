@@ -97,18 +97,6 @@ def test_it_answers_questions_about_a_picture(toy_pipeline, colour, shape):
     assert colour in colour_answer and shape in shape_answer
 
 
-def test_it_understands_phrasings_it_was_not_trained_with_and_refuses_what_the_world_cannot_draw(toy_pipeline):
-    generator = torch.Generator().manual_seed(0)
-    output = toy_pipeline("Could you sketch a tiny green square?", num_inference_steps=20, generator=generator)
-    assert [toy_world.analyze_image(image) for image in output.images] == [("green", "square")]
-    assert toy_world.size_matches(output.images[0], "square", "small")
-    picture = toy_world.render_shape("purple", "triangle", size=30, center=(30, 34))
-    answer = toy_pipeline("What do you see?", images=[picture], max_images=0, max_new_tokens=12).text[0]
-    assert "purple" in answer and "triangle" in answer
-    refusal = toy_pipeline("Please draw a black square.", max_new_tokens=48)
-    assert not refusal.images and "Sorry" in refusal.text[0]
-
-
 def test_the_same_seed_draws_the_same_picture(toy_pipeline):
     def draw(seed):
         generator = torch.Generator().manual_seed(seed)
