@@ -1,12 +1,19 @@
-"""Training data at corpus scale: time to the first batch and peak memory per process, by reader and corpus size.
+"""Training data: collator throughput at the released 7B model's sizes, and time to the first batch and peak memory
+per process by reader and corpus size.
 
-For each reader (our JSON Lines, webdataset tar shards, a `datasets` parquet file, MMC4 JSON Lines, LLaVA instruction
+Collator: documents of the 7B model's shapes (a 2048-token context, 256 patches per image block, 64 dream queries, one
+comprehension image and one image to create per document, 224 px CLIP pixels, 512 px diffusion targets; the token ids
+stay below 32008) are batched by `DreamLLMDataCollator` and, on the same token lists, by transformers'
+`DataCollatorForSeq2Seq` (which pads `input_ids`, `attention_mask` and `labels`, the text part of our batch); the
+ratio is ours over theirs, on laid-out documents (padding alone) and on records (layout, CLIP and diffusion pixels).
+
+Readers: for each reader (our JSON Lines, webdataset tar shards, a `datasets` parquet file, MMC4 JSON Lines, LLaVA instruction
 JSON) a corpus of N documents is generated locally (cheap synthetic lines: captions of small pictures), then a fresh
 process opens it as one rank of two, as `dreamllm train --data` does, and takes one batch of 8 through torchdata's
 `StatefulDataLoader` and the collator; the map-style `JsonlDocumentDataset` (a line index of the file) is measured
 the same way beside them. A streaming reader's figures stay flat in N.
 
-    python benchmarks/bench_training_data.py --sizes 1000 10000 100000 1000000
+    nice python benchmarks/bench_training_data.py --sizes 1000 10000 100000 1000000 --batch-sizes 1 4 8
 """
 
 import argparse
@@ -19,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-READERS = ("jsonl", "webdataset", "datasets", "mmc4", "llava", "map-jsonl")
+READERS = ("jsonl", "webdataset", "datasets", "mmc4", "llava", "trl", "map-jsonl")
 PICTURES = 16  # distinct image files the documents point to
 
 
@@ -53,6 +60,13 @@ def write_corpus(reader: str, size: int, folder: Path) -> str:
                                "image_info": [{"image_name": f"images/{i % PICTURES}.png", "matched_text_index": 1}]}) + "\n"
         write_lines(folder / "mmc4.jsonl", (mmc4(i) for i in range(size)))
         return f"jsonl:{folder / 'mmc4.jsonl'}"
+    if reader == "trl":
+        def trl(i):
+            return json.dumps({"images": [f"images/{i % PICTURES}.png"], "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": caption(i)}]}]}) + "\n"
+        write_lines(folder / "trl.jsonl", (trl(i) for i in range(size)))
+        return str(folder / "trl.jsonl")
     if reader == "llava":
         def llava(i):
             return json.dumps({"id": str(i), "image": f"images/{i % PICTURES}.png", "conversations": [
@@ -110,19 +124,114 @@ def first_batch(reader: str, source: str) -> dict:
             "setup_seconds": opened - start}
 
 
+CONTEXT, IMAGE_PATCHES, DREAM_QUERIES, VOCAB = 2048, 256, 64, 32008  # the released 7B model
+
+
+def seven_b_processor():
+    """A processor with the 7B model's block lengths and CLIP image size (the tiny tokenizer: no download)."""
+    from transformers import CLIPImageProcessorPil
+
+    from dreamllm.processing import DreamLLMProcessor
+    from dreamllm.testing import build_tiny_tokenizer
+
+    return DreamLLMProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=build_tiny_tokenizer(),
+                             num_image_tokens=IMAGE_PATCHES, num_dream_queries=DREAM_QUERIES)
+
+
+def seven_b_records(processor, count: int) -> list[dict]:
+    """
+    `count` documents that fill the context: a picture to read, words, a picture to create, words (the words are
+    decoded from token ids so that the document's length is the context's within a few special tokens).
+    """
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    picture = Image.fromarray(generator.integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    tokenizer = processor.tokenizer
+    text_tokens = (CONTEXT - 2 * (IMAGE_PATCHES + 2) - (DREAM_QUERIES + 2) - 8) // 2
+    records = []
+    for index in range(count):
+        words = " ".join(f"word{(index + step) % 97} picture" for step in range(CONTEXT))
+        ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+        halves = [tokenizer.decode(ids[start : start + text_tokens]) for start in (0, text_tokens)]
+        records.append({"segments": [{"image": picture}, {"text": halves[0]}, {"image": picture}, {"text": halves[1]}]})
+    return records
+
+
+def collator_throughput(batch_sizes: list[int], repeats: int) -> None:
+    """
+    Prints samples/s per batch size: padding alone (our collator on laid-out documents without pictures, against
+    `DataCollatorForSeq2Seq` on their token lists), and whole batches (ours from records, against Seq2Seq padding
+    plus `CLIPImageProcessor` on the same pictures), with the ratios ours / theirs.
+    """
+    import dataclasses
+
+    from transformers import DataCollatorForSeq2Seq
+
+    from dreamllm.training import DocumentEncoder, DreamLLMDataCollator
+
+    processor = seven_b_processor()
+    ours = DreamLLMDataCollator(processor, diffusion_resolution=512, max_length=CONTEXT)
+    encoder = DocumentEncoder(processor, max_length=CONTEXT)
+    padding = DataCollatorForSeq2Seq(processor.tokenizer, padding="longest", return_tensors="pt")
+
+    def theirs(items):
+        features, pictures = items
+        return {**padding(features), **processor.image_processor(pictures, return_tensors="pt")}
+
+    print(f"{'batch':>5} {'tokens/doc':>10} {'ours pad':>9} {'Seq2Seq':>9} {'ratio':>6} {'ours full':>10} "
+          f"{'Seq2Seq+CLIP':>13} {'ratio':>6}   (samples/s)")
+    for batch_size in batch_sizes:
+        records = seven_b_records(processor, batch_size)
+        documents = [encoder(record) for record in records]
+        assert max(max(document.input_ids) for document in documents) < VOCAB
+        text_only = [dataclasses.replace(document, images=[], dream_images=[]) for document in documents]
+        features = [{"input_ids": document.input_ids, "attention_mask": [1] * len(document.input_ids),
+                     "labels": document.labels} for document in documents]
+        pictures = [picture for document in documents for picture in document.images]
+        ours_pad, their_pad, ours_full, their_full = (
+            batch_size / best_seconds(collate, items, repeats)
+            for collate, items in ((ours, text_only), (padding, features), (ours, records), (theirs, (features, pictures)))
+        )
+        length = sum(len(document.input_ids) for document in documents) // batch_size
+        print(f"{batch_size:>5} {length:>10} {ours_pad:>9.0f} {their_pad:>9.0f} {ours_pad / their_pad:>6.2f} "
+              f"{ours_full:>10.1f} {their_full:>13.1f} {ours_full / their_full:>6.2f}", flush=True)
+
+
+def best_seconds(collate, items: list, repeats: int) -> float:
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        collate(items)
+        timings.append(time.perf_counter() - start)
+    return min(timings)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--readers", nargs="+", default=list(READERS), choices=READERS)
+    parser.add_argument("--part", choices=("collator", "readers", "both"), default="both")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--repeats", type=int, default=5, help="collator calls per figure (the fastest counts)")
     parser.add_argument("--measure", nargs=2, metavar=("READER", "SOURCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(first_batch(*args.measure)))
         return
+    if args.part in ("collator", "both"):
+        collator_throughput(args.batch_sizes, args.repeats)
+    if args.part in ("readers", "both"):
+        reader_figures(args.sizes, args.readers)
+
+
+def reader_figures(sizes: list[int], readers: list[str]) -> None:
+    """Prints time to the first batch and peak memory of a fresh process per reader and corpus size."""
     print(f"{'reader':<12} {'documents':>10} {'first batch s':>14} {'peak MB':>9} {'added MB':>9}")
     with tempfile.TemporaryDirectory() as workdir:
-        for reader in args.readers:
-            for size in args.sizes:
+        for reader in readers:
+            for size in sizes:
                 source = write_corpus(reader, size, Path(workdir) / f"{reader}-{size}")
                 measured = subprocess.run([sys.executable, __file__, "--measure", reader, source],
                                           capture_output=True, text=True)

@@ -116,7 +116,8 @@ def convert_original_checkpoint(
     main_sources = checkpoint.main_sources()
     sources = [*checkpoint.plugin_sources(), *main_sources]
     plan = plan_conversion(sources, expected_shapes(pipeline))
-    target_dtype = DTYPE_CHOICES[dtype] or stored_language_model_dtype(main_sources, plan)
+    stored_dtypes = stored_language_model_dtypes(main_sources, plan)
+    target_dtype = DTYPE_CHOICES[dtype] or single_stored_dtype(stored_dtypes)
     generation_config = original_generation_config(checkpoint) or pipeline.model.generation_config
     apply_dreamllm_generation_defaults(generation_config, pipeline.model.config)
     with atomic_directory(output_dir, overwrite=force) as staging:
@@ -125,8 +126,10 @@ def convert_original_checkpoint(
     logger.info("Converted %s to %s (%s)", checkpoint.folder, output_dir, target_dtype)
     if push_to_hub:
         message = f"Convert the original DreamLLM checkpoint ({target_dtype})"
+        conversion = {"source_dtype": "+".join(sorted(dtype_name(stored) for stored in stored_dtypes)),
+                      "dtype": dtype_name(target_dtype)}
         push_folder_to_hub(output_dir, push_to_hub, commit_message=message,
-                           license=card_license(license, checkpoint.folder))
+                           license=card_license(license, checkpoint.folder), conversion=conversion)
     return Path(output_dir)
 
 
@@ -277,12 +280,23 @@ def missing_source(sources: list[WeightsSource], component: str, target_key: str
     return f"missing {component} tensor {target_key!r}"
 
 
-def stored_language_model_dtype(main_sources: list[WeightsSource], plan: dict[Path, list[TensorMove]]) -> torch.dtype:
-    """The floating-point dtype the language model is stored in (`dtype="auto"`); an error if it is mixed."""
-    dtypes = {move.float_dtype for source in main_sources for move in plan[source.path] if move.float_dtype}
+def stored_language_model_dtypes(
+    main_sources: list[WeightsSource], plan: dict[Path, list[TensorMove]]
+) -> set[torch.dtype]:
+    """The floating-point dtypes the language model is stored in."""
+    return {move.float_dtype for source in main_sources for move in plan[source.path] if move.float_dtype}
+
+
+def single_stored_dtype(dtypes: set[torch.dtype]) -> torch.dtype:
+    """The one stored floating-point dtype (`dtype="auto"` keeps it); an error if the weights mix several."""
     if len(dtypes) != 1:
         raise ValueError(f"The language-model weights are stored in {sorted(map(str, dtypes))}; pass dtype explicitly")
-    return dtypes.pop()
+    return next(iter(dtypes))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.bfloat16` as `"bfloat16"`."""
+    return str(dtype).removeprefix("torch.")
 
 
 def original_generation_config(checkpoint: OriginalCheckpoint) -> GenerationConfig | None:

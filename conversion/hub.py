@@ -5,11 +5,14 @@ import logging
 import os
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+from huggingface_hub import ModelCard
 
-from dreamllm.pipelines.hub import pipeline_model_card
+from dreamllm.pipelines.hub import pipeline_model_card, upload_folder_with_card
+from dreamllm.pipelines.pipeline_dreamllm import TOY_MODEL_PATH
 
 logger = logging.getLogger(__name__)
+
+TOY_MODEL_LICENSE = "apache-2.0"
 
 
 def push_folder_to_hub(
@@ -20,35 +23,29 @@ def push_folder_to_hub(
     private: bool | None = None,
     token: str | None = None,
     license: str | None = None,
+    conversion: dict | None = None,
 ) -> str:
     """
     Uploads every file of `folder` (a converted DreamLLM) to the model repo `repo_id` in one commit, creating the repo
-    if needed, with a model card (`README.md`, see `pipeline_model_card`) declaring `license`. Files are streamed
-    from disk as written, so nothing is loaded into memory. Prints and returns the URL of the repo.
+    if needed, with a model card (`README.md`, see `pipeline_model_card`) declaring `license` and, for a converted
+    original checkpoint, its `conversion` (dtype cast, parity and speed figures). Files are streamed from disk as
+    written, so nothing is loaded into memory. Prints and returns the URL of the repo.
     """
-    api = HfApi(token=token)
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-    card = pipeline_model_card(repo_url.repo_id, license=license)
-    operations = [*folder_operations(Path(folder)),
-                  CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())]
-    api.create_commit(repo_id=repo_url.repo_id, operations=operations, commit_message=commit_message)
-    print(f"Uploaded {Path(folder).name} to {repo_url}")
-    return str(repo_url)
+    commit = upload_folder_with_card(
+        folder, repo_id, lambda repo: pipeline_model_card(repo, license=license, conversion=conversion),
+        what=Path(folder).name, commit_message=commit_message, private=private, token=token,
+    )  # fmt: skip
+    return str(commit.repo_url)
 
 
-def folder_operations(folder: Path) -> list[CommitOperationAdd]:
-    """One upload per file of `folder` (its own `README.md` aside: the card replaces it), at its relative path."""
-    return [
-        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
-        for path in sorted(folder.rglob("*")) if path.is_file() and path.relative_to(folder).as_posix() != "README.md"
-    ]
-
-
-def source_license(source: str | os.PathLike) -> str | None:
+def source_license(source: str | os.PathLike | None) -> str | None:
     """
     The license a source checkpoint folder declares: `license` in the front matter of its `README.md` (its model
-    card), else a `license` key in its `config.json`; `None` when neither says.
+    card), else a `license` key in its `config.json`; `None` when neither says (or for a Hub repo id). The built-in
+    toy model (`None` or `TOY_MODEL_PATH`) is the package's own work, under the package's license.
     """
+    if source is None or Path(source) == TOY_MODEL_PATH:
+        return TOY_MODEL_LICENSE
     source = Path(source)
     readme, config = source / "README.md", source / "config.json"
     if readme.is_file():
@@ -62,7 +59,7 @@ def source_license(source: str | os.PathLike) -> str | None:
     return None
 
 
-def card_license(license: str | None, source: str | os.PathLike) -> str | None:
+def card_license(license: str | None, source: str | os.PathLike | None) -> str | None:
     """
     The license an uploaded card declares: `license` when given, else the source checkpoint's (see
     `source_license`). A given license that differs from the source's wins, with a warning naming both.
@@ -70,5 +67,5 @@ def card_license(license: str | None, source: str | os.PathLike) -> str | None:
     carried = source_license(source)
     if license and carried and license != carried:
         logger.warning("Declaring license %r as asked, but the source checkpoint %s declares %r",
-                       license, Path(source).name, carried)
+                       license, Path(source).name if source else "the built-in toy model", carried)
     return license or carried

@@ -1,8 +1,20 @@
-"""The model card written next to a pipeline uploaded with `DreamLLMPipeline.push_to_hub`."""
+"""Model cards of DreamLLM folders (converted, trained, built from parts) and their upload to the Hub with the card.
 
-from huggingface_hub import ModelCard, ModelCardData
+A card's metadata holds, besides the Hub's keys, what produced the weights under a `dreamllm:` key: `conversion` (the
+dtype cast) for converted checkpoints, `training` (the run's settings) for trained ones; the card's text says the same
+in words, and a converted checkpoint's card quotes the parity and speed figures of `dreamllm.pipelines.figures`.
+"""
+
+import fnmatch
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
 from dreamllm.hub_files import hub_model_id
+
+from .figures import PARITY, PARITY_SETUP, SPEED, SPEED_SETUP, table_row
 
 PIPELINE_TAG = "image-text-to-text"
 TAGS = ["dreamllm", "text-to-image", "image-text-to-text", "interleaved-generation", "multimodal"]
@@ -65,14 +77,119 @@ From the command line: `dreamllm generate "Write a short illustrated story about
 '''
 
 
-def pipeline_model_card(repo_id: str, license: str | None = None, base_model: str | None = None) -> ModelCard:
+def pipeline_model_card(
+    repo_id: str,
+    license: str | None = None,
+    base_model: str | None = None,
+    conversion: dict | None = None,
+    training: dict | None = None,
+) -> ModelCard:
     """
-    The model card of an uploaded DreamLLMPipeline: metadata (library, the pipeline tag of the task that loads,
-    tags, `license` and `base_model` when known; a local path is never written as `base_model`) and usage snippets.
+    The model card of a DreamLLMPipeline folder: metadata (library, the pipeline tag of the task that loads, tags,
+    `license` and `base_model` when known; a local path is never written as `base_model`) and usage snippets.
+
+    Args:
+        conversion (`dict`, *optional*): For a converted original checkpoint, `{"source_dtype": ..., "dtype": ...}`:
+            the card states the cast and quotes the parity and speed figures (see `conversion_section`).
+        training (`dict`, *optional*): For a trained model, the run's settings (see `training_section`).
     """
-    metadata = ModelCardData(library_name="diffusers", pipeline_tag=PIPELINE_TAG, tags=TAGS, license=license,
-                             base_model=hub_model_id(base_model))
-    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{USAGE.format(repo_id=repo_id)}")
+    metadata = card_metadata("diffusers", TAGS, license, base_model, conversion=conversion, training=training)
+    text = USAGE.format(repo_id=repo_id) + conversion_section(conversion) + training_section(training)
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{text}")
 
 
-__all__ = ["pipeline_model_card"]
+def card_metadata(library_name: str, tags: list[str], license: str | None, base_model: str | None,
+                  **dreamllm: dict | None) -> ModelCardData:
+    """A card's metadata: the Hub's keys, and the `dreamllm:` entries that are given (`conversion`, `training`)."""
+    extra = {name: value for name, value in dreamllm.items() if value}
+    return ModelCardData(library_name=library_name, pipeline_tag=PIPELINE_TAG, tags=tags, license=license,
+                         base_model=hub_model_id(base_model), **({"dreamllm": extra} if extra else {}))
+
+
+def conversion_section(conversion: dict | None) -> str:
+    """The card text of a converted checkpoint: the dtype cast, then the measured parity and speed figures."""
+    if not conversion:
+        return ""
+    source, target = conversion["source_dtype"], conversion["dtype"]
+    cast = f"cast from {source} to {target}" if source != target else f"kept in {target}, the dtype they were stored in"
+    parity = "\n".join(table_row(check, figure) for check, figure in PARITY)
+    speed = "\n".join(f"- {what}: {figure}" for what, figure in SPEED)
+    return f"""
+## Conversion
+
+Converted from the original DreamLLM release with `dreamllm convert`; the weights were {cast}.
+
+Parity with the original implementation, measured on {PARITY_SETUP} (a checkpoint cast to a lower
+precision also differs by that precision's rounding):
+
+| check | max abs difference |
+|---|---|
+{parity}
+
+Speed and memory, measured by {SPEED_SETUP} against the closest Hugging Face class:
+
+{speed}
+"""
+
+
+def training_section(training: dict | None) -> str:
+    """The card text of a trained model: one table row per setting of the run."""
+    if not training:
+        return ""
+    rows = "\n".join(table_row(name.replace("_", " "), format_setting(value)) for name, value in training.items())
+    return f"""
+## Training
+
+Trained with `dreamllm train` (also under `dreamllm.training` in this card's metadata):
+
+| setting | value |
+|---|---|
+{rows}
+"""
+
+
+def format_setting(value) -> str:
+    """A setting as a table cell: lists joined with commas."""
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def upload_folder_with_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    card: Callable[[str], ModelCard],
+    *,
+    what: str,
+    commit_message: str,
+    private: bool | None = None,
+    token: str | None = None,
+    create_pr: bool = False,
+    exclude: Iterable[str] = (),
+) -> CommitInfo:
+    """
+    Uploads every file of `folder` to the model repo `repo_id` in one commit, creating the repo if needed, with
+    `card(repo_id)` as its `README.md` (the folder's own `README.md` is replaced). Files are streamed from disk, so
+    nothing is loaded into memory; top-level entries matching an `exclude` pattern (e.g. `"checkpoint-*"`) stay out.
+    Prints "Uploaded {what} to {url}" and returns the `CommitInfo`.
+    """
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+    operations = [*folder_operations(Path(folder), exclude),
+                  CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card(repo_url.repo_id)).encode())]
+    commit = api.create_commit(repo_id=repo_url.repo_id, operations=operations, commit_message=commit_message,
+                               create_pr=create_pr)
+    print(f"Uploaded {what} to {repo_url}")
+    return commit
+
+
+def folder_operations(folder: Path, exclude: Iterable[str] = ()) -> list[CommitOperationAdd]:
+    """One upload per file of `folder` at its relative path, but for `README.md` and `exclude`d top-level entries."""
+    exclude = ["README.md", *exclude]
+    operations = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and not any(fnmatch.fnmatch(relative.split("/")[0], pattern) for pattern in exclude):
+            operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(path)))
+    return operations
+
+
+__all__ = ["pipeline_model_card", "upload_folder_with_card"]

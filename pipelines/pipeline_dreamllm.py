@@ -20,7 +20,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import snapshot_download
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.generation.streamers import BaseStreamer
@@ -33,7 +33,7 @@ from dreamllm.modeling_dreamllm.modeling_dreamllm import CACHE_ARGUMENT, token_i
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.images import load_image
 
-from .hub import pipeline_model_card
+from .hub import pipeline_model_card, upload_folder_with_card
 from .interleaved import DocumentBatch, DocumentRow, DocumentRun, ForwardChunk
 from .lora import DreamLLMLoraLoaderMixin
 from .streaming import (
@@ -1205,20 +1205,14 @@ class DreamLLMPipeline(DreamLLMLoraLoaderMixin, DiffusionPipeline):
         Returns:
             The `CommitInfo` of the upload.
         """
-        api = HfApi(token=token)
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as temporary:
             folder = Path(temporary) / "pipeline"
             self.save_pretrained(folder)
-            pipeline_model_card(repo_url.repo_id, license=license).save(folder / "README.md")
-            commit = api.upload_folder(
-                repo_id=repo_url.repo_id,
-                folder_path=folder,
-                commit_message=commit_message or "Upload DreamLLMPipeline",
+            return upload_folder_with_card(
+                folder, repo_id, lambda repo: pipeline_model_card(repo, license=license), what="DreamLLMPipeline",
+                commit_message=commit_message or "Upload DreamLLMPipeline", private=private, token=token,
                 create_pr=create_pr,
-            )
-        print(f"Uploaded DreamLLMPipeline to {repo_url}")
-        return commit
+            )  # fmt: skip
 
     @classmethod
     def from_pretrained(

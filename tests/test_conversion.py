@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from huggingface_hub import RepoUrl
+from local_hub import LocalHub
 from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -646,35 +646,17 @@ def test_existing_output_needs_force(official_tiny, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class RecordingHubApi:
-    """Stands in for `huggingface_hub.HfApi`, recording calls instead of touching the network."""
-
-    calls: list = []
-
-    def __init__(self, token=None):
-        self.calls.append(("init", token))
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        self.calls.append(("create_commit", repo_id, sorted(operation.path_in_repo.split("/")[0]
-                                                            for operation in operations)))
-
-
 def test_cli_converts_and_pushes_the_folder(official_tiny, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("dreamllm.conversion.hub.HfApi", RecordingHubApi)
-    RecordingHubApi.calls = []
+    hub = LocalHub.install(monkeypatch)
     output = tmp_path / "converted"
     arguments = ["convert", "--input", str(official_tiny / "checkpoint"), "--output", str(output)]
     assert cli_main([*arguments, "--dtype", "bfloat16", "--push-to-hub", "me/dreamllm-tiny"]) == 0
     assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"
-    assert RecordingHubApi.calls[1] == ("create_repo", "me/dreamllm-tiny", {"private": None, "exist_ok": True})
-    assert RecordingHubApi.calls[2][:2] == ("create_commit", "me/dreamllm-tiny")
-    assert "README.md" in RecordingHubApi.calls[2][2]
+    assert hub.calls[0] == ("create_repo", "me/dreamllm-tiny", {"private": None, "exist_ok": True, "token": None})
+    assert [call[:2] for call in hub.calls[1:]] == [("create_commit", "me/dreamllm-tiny")]
     assert "Uploaded converted to https://huggingface.co/me/dreamllm-tiny" in capsys.readouterr().out
-    assert {"config.json", "model_index.json", "unet", "vae", "scheduler"} <= set(RecordingHubApi.calls[2][2])
+    uploaded = {name.split("/")[0] for name in hub.uploads}
+    assert {"README.md", "config.json", "model_index.json", "unet", "vae", "scheduler"} <= uploaded
     assert cli_main(arguments) == 2
     assert "already exists" in capsys.readouterr().err
 

@@ -110,3 +110,5 @@ def test_the_llm_folders_license_goes_on_the_uploaded_card(official_tiny, llm_di
     arguments = [*component_arguments(official_tiny, licensed_llm, tmp_path / "built"), "--num-dream-queries", "8"]
     assert cli_main([*arguments, "--push-to-hub", "me/dreamllm-untrained"]) == 0
     assert uploads == [("me/dreamllm-untrained", "llama2")]
+    assert cli_main([*arguments, "--push-to-hub", "me/dreamllm-untrained", "--force", "--license", "mit"]) == 0
+    assert uploads[-1] == ("me/dreamllm-untrained", "mit")  # --license overrides the --llm folder's

@@ -1,12 +1,11 @@
 """LoRA with PEFT: targets only the language model, trains the DreamLLM modules and the special-token rows, and the
 adapter saves, loads (PeftModel, load_adapter), merges, runs inside DreamLLMPipeline and uploads with a model card."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from huggingface_hub import HfApi
+from local_hub import LocalHub
 from peft import PeftModel
 
 from dreamllm import DreamLLMPipeline
@@ -115,27 +114,14 @@ def test_adapter_works_inside_the_pipeline(trained):
 
 
 def test_push_to_hub_uploads_the_adapter_with_a_model_card(trained, monkeypatch):
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id, kwargs))
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        folder = Path(folder_path)
-        uploaded = {path.name: path.read_bytes() for path in folder.iterdir()}
-        calls.append(("upload_folder", repo_id, {**kwargs, "files": uploaded}))
-        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    hub = LocalHub.install(monkeypatch)
     commit = push_adapter_to_hub(trained.model, "someone/dreamllm-lora", private=True, token="hf_test")
     assert commit.commit_url.startswith("https://huggingface.co/someone/dreamllm-lora")
-    assert [call[0] for call in calls] == ["create_repo", "upload_folder"]
-    assert calls[0][2]["private"] is True and calls[0][2]["exist_ok"] is True
-    files = calls[1][2]["files"]
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files.keys()
-    card = files["README.md"].decode()
+    assert [call[0] for call in hub.calls] == ["create_repo", "create_commit"]
+    assert hub.calls[0][2] == {"private": True, "exist_ok": True, "token": "hf_test"}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= hub.uploads.keys()
+    assert str(trained.base).encode() not in hub.uploads["adapter_config.json"]
+    card = hub.card()
     assert "library_name: peft" in card and "someone/dreamllm-lora" in card
     assert str(trained.base) not in card and "base_model" not in card.split("---")[1]  # a local base is never published
 

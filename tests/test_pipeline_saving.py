@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 from folders import folder_files
-from huggingface_hub import CommitInfo, HfApi, RepoUrl
+from local_hub import LocalHub
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
 
@@ -117,12 +116,9 @@ def test_interleaved_generation_task_batches_prompts(original, saved):
 
 
 def test_the_model_card_declares_only_tasks_that_load(original, saved, monkeypatch):
-    cards = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, repo_id, folder_path, **kwargs: cards.append(
-        (folder_path / "README.md").read_text()))
+    LocalHub.install(monkeypatch)
     original.push_to_hub("someone/dreamllm-tiny")
-    metadata = yaml.safe_load(cards[0].split("---")[1])
+    metadata = LocalHub.card_metadata()
     assert pipeline(metadata["pipeline_tag"], model=str(saved)) is not None
     for task in set(metadata["tags"]) & {"image-text-to-text", "interleaved-generation", "any-to-any"}:
         assert pipeline(task, model=str(saved)) is not None
@@ -164,30 +160,17 @@ def test_a_failed_save_leaves_the_saved_folder_as_it_was(original, tmp_path, mon
 
 
 def test_push_to_hub_uploads_the_folder_with_a_model_card(original, monkeypatch):
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id, kwargs))
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def upload_folder(self, repo_id, folder_path, **kwargs):
-        files = sorted(str(path.relative_to(folder_path)) for path in folder_path.rglob("*") if path.is_file())
-        calls.append(("upload_folder", repo_id, kwargs, files, (folder_path / "README.md").read_text()))
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/1", commit_message="",
-                          commit_description="", oid="1" * 40)
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    hub = LocalHub.install(monkeypatch)
     original.push_to_hub("someone/dreamllm-tiny", private=True)
 
-    (_, repo_id, create_kwargs), (_, upload_repo, upload_kwargs, files, card) = calls
+    (_, repo_id, create_kwargs), (_, upload_repo, upload_kwargs) = hub.calls
     assert repo_id == upload_repo == "someone/dreamllm-tiny" and create_kwargs["private"] is True
     assert upload_kwargs["commit_message"] == "Upload DreamLLMPipeline"
     for name in ("README.md", "model_index.json", "config.json", "model.safetensors", "processor_config.json",
                  "tokenizer.json", "unet/diffusion_pytorch_model.safetensors",
                  "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"):
-        assert name in files
-    metadata = yaml.safe_load(card.split("---")[1])
+        assert name in hub.uploads
+    card, metadata = hub.card(), hub.card_metadata()
     assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "image-text-to-text"
     assert {"dreamllm", "text-to-image", "image-text-to-text"} <= set(metadata["tags"])
     assert 'DreamLLMPipeline.from_pretrained("someone/dreamllm-tiny")' in card

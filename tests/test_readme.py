@@ -1,4 +1,5 @@
-"""The README's Python blocks that use the built-in toy model run as pasted.
+"""The README's Python blocks that use the built-in toy model run as pasted, and its figures are those the model
+cards quote (`dreamllm.pipelines.figures`).
 
 A block is one that loads `DreamLLMPipeline.from_pretrained()` with no name or `TOY_MODEL_PATH`. Each runs as
 written, with only the diffusion steps and the decoding length cut down (on the pipeline's methods, not in the text)
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dreamllm import DreamLLMPipeline
+from dreamllm.pipelines.figures import PARITY, SPEED, table_row
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -48,3 +50,21 @@ def test_readme_has_toy_model_blocks():
 def test_readme_block_runs_as_pasted(block, fast_pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(block, str(README), "exec"), {"__name__": "__readme__"})
+
+
+def readme_section(heading: str) -> str:
+    """The text of the README's `## heading` section, without bold markers."""
+    text = README.read_text().split(f"\n## {heading}\n", 1)[1]
+    return text.split("\n## ", 1)[0].replace("**", "")
+
+
+def test_the_parity_figures_cards_quote_are_the_readmes_table():
+    rows = [line for line in readme_section("Numerical parity with the original implementation").splitlines()
+            if line.startswith("| ") and not line.startswith("| check ")]
+    assert rows == [table_row(check, figure) for check, figure in PARITY]
+
+
+def test_the_speed_figures_cards_quote_are_in_the_readmes_performance_section():
+    performance = readme_section("Performance")
+    for _, figure in SPEED:
+        assert figure in performance

@@ -16,6 +16,7 @@ from .data import (
 from .diffusion import DiffusionDraws, DiffusionObjective
 from .sources import DataSource
 from .streaming import DocumentStream
+from .hub import push_trained_to_hub
 from .lora import adapter_model_card, apply_lora, dreamllm_lora_config, push_adapter_to_hub, write_adapter_model_card
 from .stages import STAGES, TrainingStage, apply_stage, get_stage
 from .train import build_trainer, dreamllm_training_arguments, prepare_model_for_training, train
@@ -45,6 +46,7 @@ __all__ = [
     "get_stage",
     "prepare_model_for_training",
     "push_adapter_to_hub",
+    "push_trained_to_hub",
     "train",
     "write_adapter_model_card",
 ]

@@ -1,11 +1,13 @@
 """`dreamllm train`: train a saved DreamLLM on streamed, mixed corpora (full weights or a LoRA adapter)."""
 
 import argparse
+import contextlib
 import logging
 
 EXAMPLES = """examples:
   dreamllm train --data documents.jsonl --output ./run --max-steps 200
   dreamllm train --model ./dreamllm-7b --data 'mmc4/{000..099}.jsonl@2' 'laion/{0000..0009}.tar@1' --lora --output ./adapter
+  dreamllm train --data documents.jsonl --output ./run --push-to-hub my-name/dreamllm-toy-finetuned
   accelerate launch --config_file training/accelerate_configs/zero2.yaml -m dreamllm.cli train --data d.jsonl --output ./run
 """
 
@@ -48,15 +50,38 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--logging-steps", type=int, default=10, help="steps between loss logs (default 10)")
     parser.add_argument("--condition-dropout", type=float, default=0.0, metavar="P",
                         help="train the unconditional condition of guidance on a fraction P of images (default 0)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID",
+                        help="upload the trained pipeline or adapter and its model card to this Hub model repo")
+    parser.add_argument("--license", help="the license the uploaded card declares; by default the --model folder's "
+                        "(the built-in toy model's is apache-2.0)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                         help="resume from CHECKPOINT, or from the newest complete checkpoint in --output")
 
 
+@contextlib.contextmanager
+def worker_errors_in_one_line():
+    """
+    Re-raises an error of a data loading worker (`--num-workers` above 0), whose message holds the worker's whole
+    traceback, as a one-line `ValueError`: where it happened and the original error.
+    """
+    try:
+        yield
+    except Exception as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if not lines or "DataLoader worker" not in lines[0]:
+            raise
+        where = lines[0].removeprefix(f"Caught {type(error).__name__} ").rstrip(".")
+        raise ValueError(f"data loading failed {where}: {lines[-1]}" if len(lines) > 1 else lines[0]) from None
+
+
+@worker_errors_in_one_line()
 def run(args: argparse.Namespace) -> int:
     """Trains as `args` say and saves the result in `args.output`; returns the exit status."""
     from accelerate import PartialState
+    from huggingface_hub.utils import validate_repo_id
 
-    from dreamllm.training import DataSource, train
+    from dreamllm.conversion.hub import card_license
+    from dreamllm.training import DataSource, push_trained_to_hub, train
     from dreamllm.training.train import check_numbers
 
     optional = {"learning_rate": args.learning_rate} if args.learning_rate is not None else {}
@@ -72,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     }
     check_numbers(lora_rank=args.lora_rank, shuffle_buffer=args.shuffle_buffer,
                   max_consecutive_skips=args.max_consecutive_skips, condition_dropout=args.condition_dropout, **numbers)
+    if args.push_to_hub:
+        validate_repo_id(args.push_to_hub)  # before training, not after it
     sources = [DataSource.parse(spec, image_folder=args.image_folder, pairs=args.pairs) for spec in args.data]
     logging.basicConfig(format="%(message)s")
     logging.getLogger("dreamllm").setLevel(logging.INFO)
@@ -94,4 +121,6 @@ def run(args: argparse.Namespace) -> int:
     if PartialState().is_main_process:
         kind = "LoRA adapter (PeftModel.from_pretrained)" if args.lora else "pipeline (DreamLLMPipeline.from_pretrained)"
         print(f"Saved the trained {kind} to {output}")
+        if args.push_to_hub:
+            push_trained_to_hub(output, args.push_to_hub, license=card_license(args.license, args.model))
     return 0

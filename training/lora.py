@@ -10,16 +10,17 @@ An adapter folder loads with `PeftModel.from_pretrained(model, folder)` or `mode
 with `merge_and_unload()`; inside a [`DreamLLMPipeline`], load it into `pipe.model` with `load_adapter`.
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from dreamllm.hub_files import hub_model_id
 from dreamllm.modeling_dreamllm import DreamLLMConfig, DreamLLMForCausalLM
-from dreamllm.pipelines.hub import PIPELINE_TAG
+from dreamllm.pipelines.hub import card_metadata, training_section, upload_folder_with_card
 
 LANGUAGE_MODEL_LORA_TARGETS = (
     r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -81,24 +82,41 @@ def apply_lora(model: DreamLLMForCausalLM, lora_config: LoraConfig | None = None
     return get_peft_model(model, lora_config or dreamllm_lora_config(model.config))
 
 
-def adapter_model_card(repo_id: str, base_model: str | None, license: str | None = None) -> ModelCard:
+def adapter_model_card(
+    repo_id: str, base_model: str | None, license: str | None = None, training: dict | None = None
+) -> ModelCard:
     """
     The model card of a DreamLLM LoRA adapter: PEFT metadata, the base model (when it is a Hub id: a local path is
-    never written), the license when known, tags and a usage snippet.
+    never written), the license when known, tags, a usage snippet and, for a trained adapter, the `training` settings
+    of its run (in the text and under `dreamllm.training` in the metadata).
     """
-    base_model = hub_model_id(base_model)
-    metadata = ModelCardData(library_name="peft", base_model=base_model, pipeline_tag=PIPELINE_TAG, tags=TAGS,
-                             license=license)
-    text = ADAPTER_CARD.format(repo_id=repo_id, base_model=base_model or UNKNOWN_BASE_MODEL)
-    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{text}")
+    metadata = card_metadata("peft", TAGS, license, base_model, training=training)
+    text = ADAPTER_CARD.format(repo_id=repo_id, base_model=hub_model_id(base_model) or UNKNOWN_BASE_MODEL)
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{text}{training_section(training)}")
+
+
+def remove_local_base_model(adapter_dir: str | os.PathLike):
+    """
+    Drops `base_model_name_or_path` from a saved adapter's `adapter_config.json` when it names a local folder: a path
+    of this machine never goes into a saved file (`PeftModel.from_pretrained(model, folder)` does not need it).
+    """
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = hub_model_id(config.get("base_model_name_or_path"))
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_adapter_model_card(
-    adapter_dir: str | os.PathLike, base_model: str | None, repo_id: str | None = None, license: str | None = None
+    adapter_dir: str | os.PathLike,
+    base_model: str | None,
+    repo_id: str | None = None,
+    license: str | None = None,
+    training: dict | None = None,
 ):
     """Writes the adapter's `README.md` (see [`adapter_model_card`]); `repo_id` defaults to the folder's name."""
     adapter_dir = Path(adapter_dir)
-    adapter_model_card(repo_id or adapter_dir.name, base_model, license=license).save(adapter_dir / "README.md")
+    card = adapter_model_card(repo_id or adapter_dir.name, base_model, license=license, training=training)
+    card.save(adapter_dir / "README.md")
 
 
 def push_adapter_to_hub(
@@ -117,21 +135,16 @@ def push_adapter_to_hub(
     Returns:
         The `CommitInfo` of the upload.
     """
-    api = HfApi(token=token)
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
     base_model = model.peft_config[model.active_adapter].base_model_name_or_path
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary) / "adapter"
         model.save_pretrained(folder)
-        write_adapter_model_card(folder, base_model, repo_url.repo_id, license=license)
-        commit = api.upload_folder(
-            repo_id=repo_url.repo_id,
-            folder_path=folder,
-            commit_message=commit_message or "Upload DreamLLM LoRA adapter",
-            create_pr=create_pr,
-        )
-    print(f"Uploaded the LoRA adapter to {repo_url}")
-    return commit
+        remove_local_base_model(folder)
+        return upload_folder_with_card(
+            folder, repo_id, lambda repo: adapter_model_card(repo, base_model, license=license),
+            what="the LoRA adapter", commit_message=commit_message or "Upload DreamLLM LoRA adapter", private=private,
+            token=token, create_pr=create_pr,
+        )  # fmt: skip
 
 
 __all__ = [
@@ -139,5 +152,6 @@ __all__ = [
     "apply_lora",
     "dreamllm_lora_config",
     "push_adapter_to_hub",
+    "remove_local_base_model",
     "write_adapter_model_card",
 ]

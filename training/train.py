@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments, set_seed
 
+from dreamllm.hub_files import hub_model_id
 from dreamllm.pipelines import DreamLLMPipeline
 
 from .data import DreamLLMDataCollator, diffusion_resolution
@@ -111,6 +112,7 @@ def build_trainer(
         seed=args.seed,
     )
     return DreamLLMTrainer(
+        run_settings=run_settings(stage, lora_rank if lora else None, train_dataset),
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -122,6 +124,25 @@ def build_trainer(
         condition_dropout=condition_dropout,
         save_dtype=save_dtype,
     )
+
+
+def run_settings(stage: int | TrainingStage, lora_rank: int | None, train_dataset) -> dict:
+    """
+    What a trained model's card states about its run beyond the Trainer's own settings: the stage, the LoRA rank
+    (`None` for full training) and, for a [`DocumentStream`], its data sources (see `data_source_name`).
+    """
+    sources = [data_source_name(source) for source in train_dataset.sources] if isinstance(
+        train_dataset, DocumentStream) else None
+    return {"stage": get_stage(stage).number, "lora_rank": lora_rank, "data": sources}
+
+
+def data_source_name(source: DataSource) -> str:
+    """
+    `READER:NAME@WEIGHT` for a source: NAME is a Hub dataset's id, else the last part of the local path (a local
+    folder is never published).
+    """
+    name = hub_model_id(source.path) if source.reader_name == "hf" else None
+    return f"{source.reader_name}:{name or Path(source.path).name}@{source.weight:g}"
 
 
 def train(

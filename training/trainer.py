@@ -19,14 +19,16 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from peft import PeftModel
 from transformers import Trainer, TrainerState
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from dreamllm.file_utils import commit_model_files, remove_local_origins, staging_folder
 from dreamllm.hub_files import write_loader_files
 from dreamllm.pipelines import DreamLLMPipeline
+from dreamllm.pipelines.hub import pipeline_model_card
 
 from .diffusion import DiffusionObjective
-from .lora import write_adapter_model_card
+from .lora import remove_local_base_model, write_adapter_model_card
 from .streaming import COUNTED, DocumentStream, derived_seed, skipped_counts
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ TRAINER_STATE_NAME = "trainer_state.json"
 DATA_STATE_NAME = "data_state-rank{rank}.json"
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 CHECKPOINT_STAGING_PATTERN = re.compile(rf"^\.{PREFIX_CHECKPOINT_DIR}-\d+\.partial$")
+FSDP1_WRAPPER_PREFIX = "_fsdp_wrapped_module."  # in parameter names under FSDP1, not in its state dict
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -94,6 +97,8 @@ class DreamLLMTrainer(Trainer):
             resumed run draws what the uninterrupted one would.
         save_dtype (`str`, *optional*, defaults to `"float32"`): Dtype of the weights [`save_pretrained`] writes:
             `"float32"`, `"bfloat16"` or `"float16"`, whatever the engine trains in.
+        run_settings (`dict`, *optional*): Settings of the run the Trainer does not know (stage, LoRA rank, data
+            sources), written with its own (see [`~DreamLLMTrainer.training_settings`]) into the saved model card.
     """
 
     loss_is_scaled_for_ga = True
@@ -108,6 +113,7 @@ class DreamLLMTrainer(Trainer):
         noise_scheduler: SchedulerMixin,
         condition_dropout: float = 0.0,
         save_dtype: str = "float32",
+        run_settings: dict | None = None,
         **kwargs,
     ):
         if not 0.0 <= condition_dropout <= 1.0:
@@ -117,6 +123,7 @@ class DreamLLMTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.condition_dropout = condition_dropout
         self.save_dtype = SAVE_DTYPES[save_dtype]
+        self.run_settings = dict(run_settings or {})
         self.diffusion_objective = DiffusionObjective(unet, vae, noise_scheduler).to(self.args.device, self.model.dtype)
         self.step_normalizers: dict[str, torch.Tensor] | None = None
         self.micro_batch_index = 0
@@ -367,13 +374,36 @@ class DreamLLMTrainer(Trainer):
             return "FSDP2 (sharded by transformers at load time)"
         return "DDP" if self.args.world_size > 1 else "a single process"
 
+    def precision_name(self) -> str:
+        """The training precision: bf16 or fp16 mixed precision, or fp32."""
+        return "bf16 mixed precision" if self.args.bf16 else "fp16 mixed precision" if self.args.fp16 else "fp32"
+
+    def training_settings(self) -> dict:
+        """
+        The settings of this run, as the saved model card states them: the `run_settings` given (stage, LoRA rank,
+        data sources; those that are `None` left out), then the optimizer steps done, peak learning rate, batch size per device, gradient
+        accumulation, precision, saved dtype, seed, number of processes and engine.
+        """
+        args = self.args
+        return {
+            **{name: value for name, value in self.run_settings.items() if value is not None},
+            "steps": self.state.global_step,
+            "learning_rate": args.learning_rate,
+            "batch_size_per_device": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "precision": self.precision_name(),
+            "saved_dtype": str(self.save_dtype).removeprefix("torch."),
+            "seed": args.seed,
+            "world_size": args.world_size,
+            "engine": self.engine_name(),
+        }
+
     def log_run_setup(self):
         args = self.args
-        precision = "bf16 mixed precision" if args.bf16 else "fp16 mixed precision" if args.fp16 else "fp32"
         logger.info(
             "Training with %s on %d process(es), %s; per process %d document(s) x %d accumulation step(s), "
             "%d document(s) per optimizer step in all",
-            self.engine_name(), args.world_size, precision, args.per_device_train_batch_size,
+            self.engine_name(), args.world_size, self.precision_name(), args.per_device_train_batch_size,
             args.gradient_accumulation_steps,
             args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         )
@@ -488,6 +518,7 @@ class DreamLLMTrainer(Trainer):
             state_dict = self.full_state_dict()
             self._save(str(staging), state_dict=state_dict)
             if self.args.should_save:
+                (staging / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # a pickle naming local paths; checkpoints keep it
                 self.check_saved_weights(staging, state_dict)
                 self.save_loading_files(staging, output_dir)
                 commit_model_files(staging, output_dir)
@@ -513,7 +544,7 @@ class DreamLLMTrainer(Trainer):
             expected = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
             missing = [] if saved else sorted(expected)
         else:
-            expected = {name for name, _ in model.named_parameters()}
+            expected = {name.replace(FSDP1_WRAPPER_PREFIX, "") for name, _ in model.named_parameters()}
             missing = sorted(expected - saved.keys())
         if missing:
             raise RuntimeError(
@@ -527,15 +558,20 @@ class DreamLLMTrainer(Trainer):
 
     def save_loading_files(self, folder: Path, final_dir: Path):
         """
-        Adds what loading the model saved in `folder` (bound for `final_dir`) needs beside its weights: an adapter's
-        model card, or the pipeline's diffusion components.
+        Adds what loading the model saved in `folder` (bound for `final_dir`) needs beside its weights, and its model
+        card with the run's [`~DreamLLMTrainer.training_settings`]: an adapter's card, or the pipeline's diffusion
+        components and card.
         """
         model = self.accelerator.unwrap_model(self.model)
+        training = self.training_settings()
         if isinstance(model, PeftModel):
             base_model = model.peft_config[model.active_adapter].base_model_name_or_path
-            write_adapter_model_card(folder, base_model, repo_id=final_dir.name)
+            remove_local_base_model(folder)
+            write_adapter_model_card(folder, base_model, repo_id=final_dir.name, training=training)
         else:
             self.save_diffusion_components(model, folder)
+            card = pipeline_model_card(final_dir.name, base_model=model.name_or_path, training=training)
+            card.save(folder / "README.md")
 
     def save_diffusion_components(self, model, output_dir: Path):
         """Writes `unet/`, `vae/`, `scheduler/` and the pipeline's `model_index.json` beside a saved model."""
