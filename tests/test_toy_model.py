@@ -9,7 +9,7 @@ import sys
 import PIL.Image
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import AutoModelForCausalLM, AutoProcessor, CLIPVisionModel
 
 from dreamllm import TOY_MODEL_PATH, DreamLLMPipeline
@@ -119,6 +119,7 @@ def test_the_build_script_runs_every_step_and_resumes(tmp_path):
         assert (tmp_path / step).is_dir(), step
     pipe = DreamLLMPipeline.from_pretrained(tmp_path / "export")
     assert pipe.unet.config.cross_attention_dim == pipe.model.config.condition_dim
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler) and pipe.scheduler.config.algorithm_type == "dpmsolver++"
     posterior = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist
     assert not [path for path in (tmp_path / "export").rglob("*.json") if "_name_or_path" in path.read_text()]
     assert posterior.std.max() < 1e-5  # the diffusion loss's posterior samples are the means the UNet learned
@@ -140,8 +141,30 @@ def test_the_build_script_reuses_the_components_of_a_saved_pipeline(tmp_path):
     assert torch.equal(next(vision.parameters()), next(shipped.model.model.vision_tower.parameters()))
     assert AutoencoderKL.from_pretrained(tmp_path / "vae").config.scaling_factor == shipped.vae.config.scaling_factor
     assert not [path for path in tmp_path.rglob("*.json") if "_name_or_path" in path.read_text()]
-    missing = subprocess.run([*command[:6], "--from-components", str(tmp_path / "nothing")], capture_output=True, text=True)
-    assert missing.returncode == 2 and "--from-components" in missing.stderr and "Traceback" not in missing.stderr
+    missing = subprocess.run([*command[:7], "--from-components", str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not a saved pipeline folder" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_build_script_fine_tunes_the_unet_of_a_saved_pipeline_with_a_size_aware_caption_encoder(tmp_path):
+    command = [
+        sys.executable, "-m", "dreamllm.toy_world.build_toy_model", "--work-dir", str(tmp_path), "--threads", "1",
+        "--from-components", str(TOY_MODEL_PATH), "--finetune-unet", "--only", "unet", "--unet-steps", "2",
+        "--num-pictures", "16",
+    ]
+    result = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert result.stdout.count("taken from") == 2 and "unet check" in result.stdout
+    shipped = DreamLLMPipeline.from_pretrained().unet
+    tuned = UNet2DConditionModel.from_pretrained(tmp_path / "unet" / "unet")
+    assert tuned.config.cross_attention_dim == shipped.config.cross_attention_dim
+    assert not torch.equal(tuned.conv_in.weight, shipped.conv_in.weight)
+    assert (tuned.conv_in.weight - shipped.conv_in.weight).abs().max() < 0.05  # trained further, not from scratch
+    encoder = toy_model.ToyConditionEncoder.from_pretrained(tmp_path / "unet" / "condition_encoder")
+    red_circle = torch.tensor([0]), torch.tensor([0])
+    small, large, any_size = (encoder(*red_circle, torch.tensor([size])) for size in (0, 1, -1))
+    assert not torch.equal(small, large) and torch.equal(encoder(*red_circle), any_size)
+    alone = subprocess.run([*command[:7], "--finetune-unet"], capture_output=True, text=True)
+    assert alone.returncode == 2 and "--finetune-unet needs --from-components" in alone.stderr
+    assert "Traceback" not in alone.stderr
 
 
 def test_train_without_a_model_fine_tunes_the_toy_model(tmp_path):

@@ -4,18 +4,21 @@
     python -m dreamllm.toy_world.build_toy_model --work-dir toy-build --only vae # one step
     python -m dreamllm.toy_world.build_toy_model --work-dir toy-build --from-components PIPELINE --install
         # reuse PIPELINE's VAE, vision encoder and UNet (steps 1-3), retrain only the language side
+    python -m dreamllm.toy_world.build_toy_model --work-dir toy-build --from-components PIPELINE --finetune-unet
+        # reuse PIPELINE's VAE and vision encoder; fine-tune its UNet with a new caption encoder (step 3)
 
 Steps (each writes `<work-dir>/<step>/` atomically; a finished step is skipped on the next run):
 
 1. `vae`: the VAE (scale factor 4) on rendered toy pictures.
 2. `vision`: the CLIP vision encoder, taught colour, shape, size and position (frozen afterwards).
-3. `unet`: the UNet with the toy caption encoder (this world's "Stable Diffusion"), saved in `unet/unet/` and
-   `unet/condition_encoder/`; samples a check grid.
+3. `unet`: the UNet with the toy caption encoder of colour, shape and size (this world's "Stable Diffusion"), saved
+   in `unet/unet/` and `unet/condition_encoder/`; samples a check grid.
 4. `assemble`: a DreamLLMPipeline with those components, the toy tokenizer and a random language model.
 5. `data`: toy-world training documents in the JSON Lines format of `dreamllm.training`.
 6. `dreamllm`: DreamLLM's pretraining (stage II: language model, projectors, dream queries) with `dreamllm.training`.
 7. `sft`: DreamLLM's instruction tuning (stage III) on conversations, with `dreamllm.training`.
-8. `export`: the final pipeline; with `--install` it replaces the package's `dreamllm/toy_model/`.
+8. `export`: the final pipeline, with the DPM-Solver++ scheduler; with `--install` it replaces the package's
+   `dreamllm/toy_model/`.
 
 Timings of each step are appended to `<work-dir>/timings.json`. Use `--threads` to set torch's CPU threads.
 """
@@ -27,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import CLIPVisionModel
 
 from dreamllm.file_utils import atomic_directory
@@ -40,7 +43,7 @@ STEPS = ("vae", "vision", "unet", "assemble", "data", "dreamllm", "sft", "export
 DATA_MIX = {
     "document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000, "impossible_request": 600,
 }
-SFT_MIX = {"qa": 3000, "instruction_creation": 4000, "impossible_request": 600}
+SFT_MIX = {"qa": 3000, "instruction_creation": 6000, "impossible_request": 600}
 PRETRAINED_COMPONENTS = ("vae", "vision", "unet")
 DREAMLLM_STEPS = {  # step: (the folder it starts from, its training data, DreamLLM stage, share of --learning-rate)
     "dreamllm": ("assemble", "data/pretraining/train.jsonl", 2, 1.0),
@@ -88,13 +91,16 @@ def step_unet(work_dir: Path, args, log):
     pictures = toy_model.ScenePictures.render(args.num_pictures, seed=3)
     torch.manual_seed(args.seed)
     encoder = toy_model.ToyConditionEncoder()
-    unet = toy_model.train_unet(toy_model.toy_unet(), encoder, vae, pictures, steps=args.unet_steps, seed=args.seed, log=log)
-    colour = torch.arange(18) // 3
-    shape = torch.arange(18) % 3
-    images = toy_model.sample_with_condition_encoder(unet, encoder, vae, colour, shape, seed=args.seed)
-    judged = [toy_world.analyze_image(picture) for picture in toy_model.to_pil(images)]
-    correct = sum(j == (toy_world.COLOUR_NAMES[c], toy_world.SHAPES[s]) for j, c, s in zip(judged, colour, shape))
-    log(f"unet check: {correct}/18 pictures show the asked colour and shape")
+    unet = UNet2DConditionModel.from_pretrained(args.from_components / "unet") if args.finetune_unet else toy_model.toy_unet()
+    unet = toy_model.train_unet(unet, encoder, vae, pictures, steps=args.unet_steps, seed=args.seed, log=log)
+    colour, shape, size = torch.arange(18) // 3, torch.arange(18) % 3, torch.arange(18) % len(toy_world.SIZE_RANGES)
+    images = toy_model.sample_with_condition_encoder(unet, encoder, vae, colour, shape, size, seed=args.seed)
+    correct = sum(
+        toy_world.analyze_image(picture) == (toy_world.COLOUR_NAMES[c], toy_world.SHAPES[s])
+        and toy_world.size_matches(picture, toy_world.SHAPES[s], list(toy_world.SIZE_RANGES)[z])
+        for picture, c, s, z in zip(toy_model.to_pil(images), colour, shape, size)
+    )
+    log(f"unet check: {correct}/18 pictures show the asked colour, shape and size")
     return {"unet": unet, "condition_encoder": encoder}
 
 
@@ -165,8 +171,11 @@ def remove_local_paths(folder: Path):
 
 
 def export(work_dir: Path, output: Path, install: bool, log):
-    """Saves the stage III pipeline as `export/` and, with `install`, as the package's built-in model."""
+    """Saves the stage III pipeline as `export/` (sampling with DPM-Solver++, as good at 20 steps as DDPM at 50 on the
+    toy world, see `benchmarks/results/toy_scheduler_comparison.json`) and, with `install`, as the package's built-in
+    model."""
     pipeline = DreamLLMPipeline.from_pretrained(work_dir / "sft")
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, algorithm_type="dpmsolver++")
     with atomic_directory(output) as staging:
         pipeline.save_pretrained(staging)
         remove_local_paths(staging)
@@ -176,12 +185,12 @@ def export(work_dir: Path, output: Path, install: bool, log):
         log(f"installed the exported model in {TOY_MODEL_PATH}")
 
 
-def seed_components(source: Path, work_dir: Path, log):
-    """Fills the `vae`, `vision` and `unet` step folders that do not exist yet from the saved pipeline `source`, so
-    a rebuild that changes only the language (tokenizer, texts) skips pretraining the picture components."""
+def seed_components(source: Path, work_dir: Path, steps: tuple[str, ...], log):
+    """Fills the folders of `steps` (of `vae`, `vision` and `unet`) that do not exist yet from the saved pipeline
+    `source`, so a rebuild that changes only the language (tokenizer, texts) skips pretraining the picture components."""
     pipeline = DreamLLMPipeline.from_pretrained(source)
     components = {"vae": pipeline.vae, "vision": pipeline.model.model.vision_tower, "unet": pipeline.unet}
-    for step in PRETRAINED_COMPONENTS:
+    for step in steps:
         output = work_dir / step
         if output.exists():
             continue
@@ -226,8 +235,8 @@ def main():
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vision-steps", type=int, default=3000)
     parser.add_argument("--unet-steps", type=int, default=3000)
-    parser.add_argument("--dreamllm-steps", type=int, default=2000)
-    parser.add_argument("--sft-steps", type=int, default=500)
+    parser.add_argument("--dreamllm-steps", type=int, default=1500)
+    parser.add_argument("--sft-steps", type=int, default=700)
     parser.add_argument("--data-scale", type=float, default=1.0, help="Multiplies the number of training documents.")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -237,11 +246,18 @@ def main():
         help="Take the VAE, vision encoder and UNet from this saved pipeline (e.g. the installed toy model) instead of "
         "pretraining them.",
     )
+    parser.add_argument(
+        "--finetune-unet", action="store_true",
+        help="With --from-components: train its UNet further (--unet-steps) with a new caption encoder instead of "
+        "taking it as it is.",
+    )
     parser.add_argument("--install", action="store_true", help="Copy the exported model into the package checkout.")
     parser.add_argument("--clean", action="store_true", help="Delete the work directory first.")
     args = parser.parse_args()
     if args.from_components and not (args.from_components / "model_index.json").is_file():
         parser.error(f"--from-components {args.from_components}: not a saved pipeline folder (no model_index.json)")
+    if args.finetune_unet and not args.from_components:
+        parser.error("--finetune-unet needs --from-components PIPELINE (the pipeline whose UNet it fine-tunes)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clean and args.work_dir.exists():
@@ -249,7 +265,8 @@ def main():
     args.work_dir.mkdir(parents=True, exist_ok=True)
     log = log_to(args.work_dir)
     if args.from_components:
-        seed_components(args.from_components, args.work_dir, log)
+        taken = tuple(step for step in PRETRAINED_COMPONENTS if not (args.finetune_unet and step == "unet"))
+        seed_components(args.from_components, args.work_dir, taken, log)
     for step in args.only or STEPS:
         run_step(step, args.work_dir, args, log)
 

@@ -4,7 +4,7 @@ The toy world (`dreamllm.toy_world`) has its own small "Stable Diffusion" and "C
 
 - a VAE (scale factor 4: 64x64 pictures, 4x16x16 latents) trained to reconstruct toy pictures;
 - a UNet over those latents, trained together with a :class:`ToyConditionEncoder` (this world's text encoder: it
-  embeds the colour and the shape of a caption) and thrown away afterwards, as DreamLLM replaces CLIP's text encoder
+  embeds the colour, the shape and the size word of a caption) and thrown away afterwards, as DreamLLM replaces CLIP's text encoder
   by its own dream queries;
 - a CLIP vision encoder (64 px, 16 patches) trained to tell colour, shape, size and position, then frozen;
 - a BPE tokenizer trained on the toy world's texts and a small Llama, trained from scratch during DreamLLM's stages.
@@ -176,24 +176,27 @@ def toy_unet() -> UNet2DConditionModel:
 
 class ToyConditionEncoder(ModelMixin, ConfigMixin):
     """
-    The toy world's text encoder for pretraining the UNet: a caption's colour and shape, embedded as `num_tokens`
-    condition tokens (colour, shape, and learned context tokens); index -1 is "no caption", a learned null condition
-    for classifier-free guidance.
+    The toy world's text encoder for pretraining the UNet: a caption's colour, shape and size word (an index of
+    `world.SIZE_RANGES`), embedded as `num_tokens` condition tokens (colour, shape, size, and learned context tokens);
+    index -1 is "not said", a learned null condition (for classifier-free guidance, and for any size).
     """
 
     @register_to_config
-    def __init__(self, num_colours: int = 6, num_shapes: int = 3, num_tokens: int = NUM_DREAM_QUERIES,
-                 condition_dim: int = CONDITION_DIM):
+    def __init__(self, num_colours: int = 6, num_shapes: int = 3, num_sizes: int = len(toy_world.SIZE_RANGES),
+                 num_tokens: int = NUM_DREAM_QUERIES, condition_dim: int = CONDITION_DIM):
         super().__init__()
         self.colours = nn.Embedding(num_colours + 1, condition_dim)
         self.shapes = nn.Embedding(num_shapes + 1, condition_dim)
-        self.context = nn.Parameter(torch.randn(num_tokens - 2, condition_dim) * 0.02)
+        self.sizes = nn.Embedding(num_sizes + 1, condition_dim)
+        self.context = nn.Parameter(torch.randn(num_tokens - 3, condition_dim) * 0.02)
 
-    def forward(self, colour: torch.LongTensor, shape: torch.LongTensor) -> torch.Tensor:
-        colour = torch.where(colour < 0, self.config.num_colours, colour)
-        shape = torch.where(shape < 0, self.config.num_shapes, shape)
-        tokens = torch.stack([self.colours(colour), self.shapes(shape)], dim=1)
-        return torch.cat([tokens, self.context.expand(len(colour), -1, -1)], dim=1)
+    def forward(self, colour: torch.LongTensor, shape: torch.LongTensor, size: torch.LongTensor | None = None) -> torch.Tensor:
+        size = -torch.ones_like(colour) if size is None else size
+        tokens = [
+            embedding(torch.where(index < 0, embedding.num_embeddings - 1, index))
+            for embedding, index in ((self.colours, colour), (self.shapes, shape), (self.sizes, size))
+        ]
+        return torch.cat([torch.stack(tokens, dim=1), self.context.expand(len(colour), -1, -1)], dim=1)
 
 
 # -------------------------------------------------------------------------------------------- picture data
@@ -223,6 +226,14 @@ class ScenePictures:
 
     def __len__(self) -> int:
         return len(self.pixels)
+
+    @property
+    def size_word(self) -> torch.LongTensor:
+        """The index in `world.SIZE_RANGES` of the size word each picture's side has, -1 for none."""
+        index = -torch.ones(len(self), dtype=torch.long)
+        for word, (low, high) in enumerate(toy_world.SIZE_RANGES.values()):
+            index[(self.size >= low) & (self.size <= high)] = word
+        return index
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.LongTensor]:
         """Endless random batches of indices."""
@@ -379,13 +390,15 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, batch_size: int = 2
 
 def train_unet(
     unet: UNet2DConditionModel, encoder: ToyConditionEncoder, vae: AutoencoderKL, pictures: ScenePictures,
-    steps: int, batch_size: int = 64, caption_dropout: float = 0.1, learning_rate: float = 1e-3, seed: int = 0,
-    log: Callable[[str], None] = print,
+    steps: int, batch_size: int = 64, caption_dropout: float = 0.1, size_dropout: float = 0.5,
+    learning_rate: float = 1e-3, seed: int = 0, log: Callable[[str], None] = print,
 ) -> UNet2DConditionModel:
-    """Noise prediction on the VAE latents, conditioned on the caption encoder (dropped to null for guidance)."""
+    """Noise prediction on the VAE latents, conditioned on the caption encoder (dropped to null for guidance; the size
+    word alone dropped with `size_dropout`, as captions and requests often leave it out)."""
     generator = torch.Generator().manual_seed(seed)
     scheduler = default_scheduler()
     latents = encode_latents(vae, pictures.pixels)
+    size_word = pictures.size_word
     unet.train()
 
     def loss_fn(indices):
@@ -393,7 +406,12 @@ def train_unet(
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(indices),), generator=generator)
         keep = torch.rand(len(indices), generator=generator) >= caption_dropout
-        conditions = encoder(torch.where(keep, pictures.colour[indices], -1), torch.where(keep, pictures.shape[indices], -1))
+        sized = keep & (torch.rand(len(indices), generator=generator) >= size_dropout)
+        conditions = encoder(
+            torch.where(keep, pictures.colour[indices], -1),
+            torch.where(keep, pictures.shape[indices], -1),
+            torch.where(sized, size_word[indices], -1),
+        )
         prediction = unet(scheduler.add_noise(clean, noise, timesteps), timesteps, conditions).sample
         return F.mse_loss(prediction, noise)
 
@@ -405,15 +423,17 @@ def train_unet(
 @torch.no_grad()
 def sample_with_condition_encoder(
     unet: UNet2DConditionModel, encoder: ToyConditionEncoder, vae: AutoencoderKL, colour: torch.LongTensor,
-    shape: torch.LongTensor, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
+    shape: torch.LongTensor, size: torch.LongTensor | None = None, steps: int = 50, guidance_scale: float = 3.0,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Pictures from the pretrained UNet and its caption encoder (to check the UNet before DreamLLM's stages)."""
+    """Pictures from the pretrained UNet and its caption encoder (to check the UNet before DreamLLM's stages);
+    `size` holds indices of `world.SIZE_RANGES` (-1: any size)."""
     scheduler = DDPMScheduler.from_config(default_scheduler().config)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)
-    size = unet.config.sample_size
-    latents = torch.randn((len(colour), LATENT_CHANNELS, size, size), generator=generator)
-    conditions = torch.cat([encoder(-torch.ones_like(colour), -torch.ones_like(shape)), encoder(colour, shape)])
+    side = unet.config.sample_size
+    latents = torch.randn((len(colour), LATENT_CHANNELS, side, side), generator=generator)
+    conditions = torch.cat([encoder(-torch.ones_like(colour), -torch.ones_like(shape)), encoder(colour, shape, size)])
     for t in scheduler.timesteps:
         unconditional, conditional = unet(torch.cat([latents] * 2), t, conditions).sample.chunk(2)
         noise = unconditional + guidance_scale * (conditional - unconditional)

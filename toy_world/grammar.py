@@ -120,7 +120,17 @@ SHAPE_QUESTIONS = Productions(
     held_out=("What is the shape in this picture?", "Which shape is shown?", "What kind of shape is it?"),
 )
 DESCRIBE_QUESTIONS = Productions(
-    train=("Describe the image.", "What is in the picture?", "What is shown?", "Describe the picture."),
+    train=(
+        "Describe the image.",
+        "What is in the picture?",
+        "What is shown?",
+        "Describe the picture.",
+        "Describe what is shown.",
+        "What does the image show?",
+        "Describe it.",
+        "Tell me about the picture.",
+        "What is in this image?",
+    ),
     held_out=("What do you see?", "Describe this image for me."),
 )
 QUESTIONS: dict[str, Productions] = {"colour": COLOUR_QUESTIONS, "shape": SHAPE_QUESTIONS, "describe": DESCRIBE_QUESTIONS}

@@ -178,7 +178,7 @@ ANSWERS: dict[str, tuple[str, ...]] = {
     "describe": ("{A_desc}.", "{A_desc} on a white background."),
 }
 """The answers to each kind of question of `grammar.QUESTIONS`."""
-_QUESTION_WEIGHTS = {"colour": 0.4, "shape": 0.4, "describe": 0.2}
+_QUESTION_WEIGHTS = {"colour": 1 / 3, "shape": 1 / 3, "describe": 1 / 3}
 
 
 def question_answer(
@@ -322,8 +322,10 @@ def make_sample(kind: str, seed: int, index: int, write) -> dict:
         scene = sample_scene(rng)
         return {"segments": _segments([caption(scene, rng), scene], write)}
     if kind == "document":
-        scenes = [sample_scene(rng, c, s) for c, s in sample_objects(rng)]
-        return {"segments": _segments(interleaved_document(rng, scenes), write)}
+        objects = sample_objects(rng)
+        sizes = sample_sizes(rng, len(objects))
+        scenes = [sample_scene(rng, c, s, size) for (c, s), size in zip(objects, sizes)]
+        return {"segments": _segments(interleaved_document(rng, scenes, sizes), write)}
     if kind == "qa":
         scene = sample_scene(rng)
         question, answer = question_answer(scene, rng)
