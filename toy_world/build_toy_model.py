@@ -236,7 +236,7 @@ def main():
     parser.add_argument("--vision-steps", type=int, default=3000)
     parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--dreamllm-steps", type=int, default=1500)
-    parser.add_argument("--sft-steps", type=int, default=700)
+    parser.add_argument("--sft-steps", type=int, default=1500)
     parser.add_argument("--data-scale", type=float, default=1.0, help="Multiplies the number of training documents.")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
