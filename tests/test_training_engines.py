@@ -1,16 +1,17 @@
-"""Sharded engines on mixed data: two CPU processes (gloo) train the tiny model with DDP, DeepSpeed ZeRO-2 and ZeRO-3 and FSDP2, while at every step one process holds captions, creations or plain text and the other something else.
+"""Sharded engines on mixed data: two CPU processes (gloo) train the tiny model with DDP, DeepSpeed ZeRO-2 and ZeRO-3, FSDP1 and FSDP2, while at every step one process holds captions, creations or plain text and the other something else.
 Every engine runs the same collectives on both processes and ends with the weights DDP ends with, without and with
-condition dropout, gradient checkpointing and accumulation; bf16 trains with DDP and FSDP2 (DeepSpeed bf16 needs an
-accelerator); every engine saves a complete fp32 pipeline; a ZeRO-2 or ZeRO-3 run checkpointed mid-run and resumed
-ends with the weights of the uninterrupted run (transformers refuses checkpoints of a model sharded at load time, the
-FSDP2 of this test).
+condition dropout, gradient checkpointing and accumulation; bf16 trains with DDP, FSDP1 and FSDP2 (DeepSpeed bf16
+needs an accelerator); every engine saves a complete fp32 pipeline; a ZeRO-2 or ZeRO-3 run checkpointed mid-run and
+resumed ends with the weights of the uninterrupted run (transformers refuses checkpoints of a model sharded at load
+time, the FSDP2 of this test; FSDP1's full optimizer state is wrong when gathered on a CPU device).
 
-FSDP1, and accelerate's FSDP plugin, need a GPU (accelerate enables FSDP only for accelerator devices, and on CPU
-would run DDP instead: the trainer refuses that, tested here); FSDP2 runs here
-the supported way for CPUs, sharded by transformers at load time (`from_pretrained(distributed_config=...)`), which
-the Trainer detects. DeepSpeed runs on CPU over gloo when the Trainer is given `ddp_backend="gloo"`.
+accelerate enables its FSDP plugin only for accelerator devices (on CPU it would run DDP instead: the trainer refuses
+that, tested here). torch's FSDP1 itself runs on CPU over gloo, so the FSDP1 launch lifts accelerate's device gate in
+its worker and trains with the shipped fsdp1.yaml settings. FSDP2 runs here the supported way for CPUs, sharded by
+transformers at load time (`from_pretrained(distributed_config=...)`), which the Trainer detects. DeepSpeed runs on
+CPU over gloo when the Trainer is given `ddp_backend="gloo"`.
 
-Run as a script, this file is the worker each process executes: one launch runs every engine in turn.
+Run as a script, this file is the worker each process executes: one launch runs the engines it is given in turn.
 """
 
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ENGINES = ("ddp", "zero2", "zero3", "fsdp2")
+ENGINES = ("ddp", "zero2", "zero3", "fsdp2")  # one launch; FSDP1 (with DDP as its reference) in another
 VARIANTS = {
     "plain": {},
     "dropout-checkpointing-accumulation": {
@@ -32,8 +33,10 @@ VARIANTS = {
     },
 }
 STEPS = 3
-BF16_ENGINES = ("ddp", "fsdp2")  # TrainingArguments refuses bf16 for DeepSpeed without an accelerator
-RESUMED_ENGINES = ("zero2", "zero3")  # transformers refuses checkpoints of a model sharded at load time (FSDP2 here)
+BF16_ENGINES = ("ddp", "fsdp1", "fsdp2")  # TrainingArguments refuses bf16 for DeepSpeed without an accelerator
+# transformers refuses checkpoints of a model sharded at load time (FSDP2 here); FSDP1 on a CPU device writes wrong
+# optimizer moments in its full optimizer state (about 1000x smaller than DDP's), so its resume is not checked here.
+RESUMED_ENGINES = ("zero2", "zero3")
 RESUMED_VARIANT = "dropout-checkpointing-accumulation"
 
 
@@ -59,45 +62,65 @@ def write_mixed_data(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("deepspeed"), reason="needs DeepSpeed (.ci/run installs it)")
-def test_engines_give_the_weights_of_ddp_on_mixed_data(tmp_path):
-    from dreamllm import DreamLLMPipeline
+def launch_engines(workdir: Path, engines: tuple[str, ...]) -> dict:
+    """Trains the tiny model with each of `engines` on the mixed data on two processes; their results."""
     from dreamllm.testing import tiny_pipeline
 
-    write_mixed_data(tmp_path)
-    tiny_pipeline(0).save_pretrained(tmp_path / "base")
+    write_mixed_data(workdir)
+    tiny_pipeline(0).save_pretrained(workdir / "base")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               __file__, str(tmp_path)]
+               __file__, str(workdir), *engines]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=500)
     assert finished.returncode == 0, finished.stderr[-5000:]
+    return torch.load(workdir / "results.pt", weights_only=True)
 
-    results = torch.load(tmp_path / "results.pt", weights_only=True)
-    for engine, variant in ((engine, variant) for engine in ENGINES[1:] for variant in VARIANTS):
+
+def assert_engines_match_ddp(workdir: Path, results: dict, engines: tuple[str, ...], names: tuple[str, ...]):
+    """Each engine: the weights of DDP in every variant, bf16 finite, resumed = uninterrupted, a complete fp32 save."""
+    from dreamllm import DreamLLMPipeline
+
+    for engine, variant in ((engine, variant) for engine in engines if engine != "ddp" for variant in VARIANTS):
         reference = results["ddp", variant]
         weights = results[engine, variant]
         assert weights.keys() == reference.keys()
         for name, value in weights.items():
             torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5, msg=f"{engine} {variant} {name}")
-    for engine in RESUMED_ENGINES:  # resumed mid-run under the engine: the weights of the uninterrupted run
+    for engine in set(RESUMED_ENGINES) & set(engines):  # resumed mid-run under the engine: the uninterrupted weights
         assert results[engine, "resumed steps"].item() == STEPS - 2, engine
         for name, value in results[engine, "resumed"].items():
             torch.testing.assert_close(value, results[engine, RESUMED_VARIANT][name], rtol=1e-5, atol=1e-6,
                                        msg=f"{engine} resumed {name}")
+    for engine in set(BF16_ENGINES) & set(engines):
+        assert results["bf16 finite", engine].item(), engine
+    for engine in engines:
+        saved = DreamLLMPipeline.from_pretrained(workdir / f"saved-{engine}").model.state_dict()
+        assert saved.keys() == results[engine, "plain"].keys(), engine
+        for name, value in saved.items():
+            assert value.dtype == torch.float32, (engine, name)
+            torch.testing.assert_close(value, results[engine, "plain"][name], rtol=0, atol=0, msg=f"{engine} {name}")
+    setup = (workdir / "setup.log").read_text()
+    for name in names:
+        assert f"Training with {name} on 2 process(es)" in setup, name
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("deepspeed"), reason="needs DeepSpeed (.ci/run installs it)")
+def test_engines_give_the_weights_of_ddp_on_mixed_data(tmp_path):
+    from dreamllm.testing import tiny_pipeline
+
+    results = launch_engines(tmp_path, ENGINES)
+    assert_engines_match_ddp(tmp_path, results, ENGINES, ("DDP", "DeepSpeed ZeRO-2", "DeepSpeed ZeRO-3",
+                                                        "FSDP2 (sharded by transformers at load time)"))
     initial = tiny_pipeline(0).model.state_dict()
     assert not torch.equal(results["ddp", "plain"]["model.dream_projector.weight"], initial["model.dream_projector.weight"])
     assert not torch.equal(results["ddp", "plain"]["model.vision_projector.weight"], initial["model.vision_projector.weight"])
-    for engine in BF16_ENGINES:
-        assert results["bf16 finite", engine].item(), engine
     assert results["fsdp1 refused on CPU"].item()
-    for engine in ENGINES:
-        saved = DreamLLMPipeline.from_pretrained(tmp_path / f"saved-{engine}").model
-        for name, value in saved.state_dict().items():
-            assert value.dtype == torch.float32, (engine, name)
-            torch.testing.assert_close(value, results[engine, "plain"][name], rtol=0, atol=0, msg=f"{engine} {name}")
-    setup = (tmp_path / "setup.log").read_text()
-    for name in ("DDP", "DeepSpeed ZeRO-2", "DeepSpeed ZeRO-3", "FSDP2"):
-        assert f"Training with {name}" in setup and "on 2 process(es)" in setup
+
+
+def test_fsdp1_gives_the_weights_of_ddp_on_mixed_data(tmp_path):
+    """FSDP1 with the shipped fsdp1.yaml settings (decoder and CLIP layers as units, full state dict)."""
+    results = launch_engines(tmp_path, ("ddp", "fsdp1"))
+    assert_engines_match_ddp(tmp_path, results, ("ddp", "fsdp1"), ("DDP", "FSDP1"))
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "accelerate_configs"
@@ -108,12 +131,18 @@ def engine_arguments(engine: str) -> dict:
     Training arguments for `engine`; DeepSpeed is configured as `accelerate launch --config_file zeroN.yaml` does,
     through the environment, with the shipped DeepSpeed file.
     """
-    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_USE_FSDP"):
         os.environ.pop(name, None)
     if engine.startswith("zero"):
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(CONFIGS / f"{engine}.json")
         return {"use_cpu": False, "ddp_backend": "gloo"}
+    if engine == "fsdp1":
+        import yaml
+
+        fsdp_config = yaml.safe_load((CONFIGS / "fsdp1.yaml").read_text())["fsdp_config"]
+        fsdp_config["fsdp_sync_module_states"] = False  # broadcasting at wrap time needs an accelerator
+        return {"use_cpu": True, "fsdp": "full_shard", "fsdp_config": fsdp_config}
     return {"use_cpu": True}
 
 
@@ -159,7 +188,7 @@ def train_once(workdir: Path, engine: str, variant: dict, bf16: bool = False, re
     return state_dict, losses, trained_steps.steps
 
 
-def run_worker(workdir: Path):
+def run_worker(workdir: Path, engines: tuple[str, ...]):
     import logging
 
     torch.set_num_threads(1)
@@ -167,8 +196,10 @@ def run_worker(workdir: Path):
     if rank == 0:
         logging.basicConfig(filename=workdir / "setup.log", format="%(message)s")
     logging.getLogger("dreamllm").setLevel(logging.INFO)
+    if "fsdp1" in engines:
+        lift_accelerate_cpu_gate()
     results = {}
-    for engine in ENGINES:
+    for engine in engines:
         for name, variant in VARIANTS.items():
             state_dict, _, _ = train_once(workdir, engine, variant)
             results[engine, name] = {key: value.float() for key, value in state_dict.items()}
@@ -181,9 +212,43 @@ def run_worker(workdir: Path):
             state_dict, _, trained_steps = train_once(workdir, engine, VARIANTS[RESUMED_VARIANT], resume_from=checkpoint)
             results[engine, "resumed"] = {key: value.float() for key, value in state_dict.items()}
             results[engine, "resumed steps"] = torch.tensor(trained_steps)
-    results["fsdp1 refused on CPU"] = torch.tensor(fsdp1_is_refused(workdir))
+    if "fsdp1" not in engines:
+        results["fsdp1 refused on CPU"] = torch.tensor(fsdp1_is_refused(workdir))
     if rank == 0:
         torch.save(results, workdir / "results.pt")
+
+
+def lift_accelerate_cpu_gate():
+    """
+    Lets accelerate run its FSDP plugin on CPU processes: it keeps FSDP for accelerator devices only and would run DDP
+    (torch's FSDP1 itself runs on CPU over gloo). The state becomes FSDP on the CPU device whenever a plugin is given,
+    and stays so when it is built again (every `AcceleratorState()` copies the process state's type back in).
+
+    accelerate gathers FSDP1's full state dict with `offload_to_cpu=True`, which on a CPU device frees the gathered
+    parameters while they are read (torch moves them "to the CPU" in place, then frees the original): there, the
+    offload leaves them where they are.
+    """
+    import contextlib
+
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+    from torch.distributed.fsdp._flat_param import FlatParamHandle
+
+    offload = FlatParamHandle.to_cpu
+
+    def offload_unless_on_cpu(self):
+        return contextlib.nullcontext() if self.flat_param.device.type == "cpu" else offload(self)
+
+    FlatParamHandle.to_cpu = offload_unless_on_cpu
+    initialize = AcceleratorState.__init__
+
+    def initialize_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+        initialize(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        fsdp_plugin = fsdp_plugin or getattr(self, "fsdp_plugin", None)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type, self.fsdp_plugin, self.device = DistributedType.FSDP, fsdp_plugin, torch.device("cpu")
+
+    AcceleratorState.__init__ = initialize_with_fsdp_on_cpu
 
 
 def fsdp1_is_refused(workdir: Path) -> bool:
@@ -197,4 +262,4 @@ def fsdp1_is_refused(workdir: Path) -> bool:
 
 
 if __name__ == "__main__":
-    run_worker(Path(sys.argv[1]))
+    run_worker(Path(sys.argv[1]), tuple(sys.argv[2:]))
