@@ -1,15 +1,16 @@
 """Sharded engines on mixed data: two CPU processes (gloo) train the tiny model with DDP, DeepSpeed ZeRO-2 and ZeRO-3, FSDP1 and FSDP2, while at every step one process holds captions, creations or plain text and the other something else.
 Every engine runs the same collectives on both processes and ends with the weights DDP ends with, without and with
 condition dropout, gradient checkpointing and accumulation; bf16 trains with DDP, FSDP1 and FSDP2 (DeepSpeed bf16
-needs an accelerator); every engine saves a complete fp32 pipeline; a ZeRO-2 or ZeRO-3 run checkpointed mid-run and
-resumed ends with the weights of the uninterrupted run (transformers refuses checkpoints of a model sharded at load
-time, the FSDP2 of this test; FSDP1's full optimizer state is wrong when gathered on a CPU device).
+needs an accelerator); every engine saves a complete fp32 pipeline; a ZeRO-2, ZeRO-3 or FSDP2 (accelerate) run
+checkpointed mid-run and resumed ends with the weights of the uninterrupted run.
 
-accelerate enables its FSDP plugin only for accelerator devices (on CPU it would run DDP instead: the trainer refuses
-that, tested here). torch's FSDP1 itself runs on CPU over gloo, so the FSDP1 launch lifts accelerate's device gate in
-its worker and trains with the shipped fsdp1.yaml settings. FSDP2 runs here the supported way for CPUs, sharded by
-transformers at load time (`from_pretrained(distributed_config=...)`), which the Trainer detects. DeepSpeed runs on
-CPU over gloo when the Trainer is given `ddp_backend="gloo"`.
+FSDP2 runs two ways: through accelerate's FSDP plugin with the shipped fsdp2.yaml (sharded state dict), and sharded
+by transformers at load time (`from_pretrained(distributed_config=...)`, which the Trainer detects; transformers
+refuses checkpoints of such a model). FSDP1 runs with the shipped fsdp1.yaml. accelerate enables its FSDP plugin only
+for accelerator devices (on CPU it would run DDP instead: the trainer refuses that, tested here), while torch's FSDP
+itself runs on CPU over gloo, so the launch of the plugins lifts accelerate's device gate in its worker. FSDP1's
+resume is not checked: on a CPU device its full optimizer state comes out wrong. DeepSpeed runs on CPU over gloo
+when the Trainer is given `ddp_backend="gloo"`.
 
 Run as a script, this file is the worker each process executes: one launch runs the engines it is given in turn.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ENGINES = ("ddp", "zero2", "zero3", "fsdp2")  # one launch; FSDP1 (with DDP as its reference) in another
+ENGINES = ("ddp", "zero2", "zero3", "fsdp2")  # one launch; accelerate's FSDP plugins (and DDP again) in another
 VARIANTS = {
     "plain": {},
     "dropout-checkpointing-accumulation": {
@@ -33,10 +34,11 @@ VARIANTS = {
     },
 }
 STEPS = 3
-BF16_ENGINES = ("ddp", "fsdp1", "fsdp2")  # TrainingArguments refuses bf16 for DeepSpeed without an accelerator
+# TrainingArguments refuses bf16 for DeepSpeed without an accelerator
+BF16_ENGINES = ("ddp", "fsdp1", "fsdp2", "fsdp2-plugin")
 # transformers refuses checkpoints of a model sharded at load time (FSDP2 here); FSDP1 on a CPU device writes wrong
 # optimizer moments in its full optimizer state (about 1000x smaller than DDP's), so its resume is not checked here.
-RESUMED_ENGINES = ("zero2", "zero3")
+RESUMED_ENGINES = ("zero2", "zero3", "fsdp2-plugin")
 RESUMED_VARIANT = "dropout-checkpointing-accumulation"
 
 
@@ -117,13 +119,18 @@ def test_engines_give_the_weights_of_ddp_on_mixed_data(tmp_path):
     assert results["fsdp1 refused on CPU"].item()
 
 
-def test_fsdp1_gives_the_weights_of_ddp_on_mixed_data(tmp_path):
-    """FSDP1 with the shipped fsdp1.yaml settings (decoder and CLIP layers as units, full state dict)."""
-    results = launch_engines(tmp_path, ("ddp", "fsdp1"))
-    assert_engines_match_ddp(tmp_path, results, ("ddp", "fsdp1"), ("DDP", "FSDP1"))
+def test_accelerate_fsdp_plugins_give_the_weights_of_ddp_on_mixed_data(tmp_path):
+    """
+    accelerate's FSDP plugin with the shipped configs: fsdp1.yaml (decoder and CLIP layers as units, full state dict)
+    and fsdp2.yaml (the same units, sharded state dict: the save must gather it).
+    """
+    engines = ("ddp", *ACCELERATE_FSDP_ENGINES)
+    results = launch_engines(tmp_path, engines)
+    assert_engines_match_ddp(tmp_path, results, engines, ("DDP", "FSDP1", "FSDP2"))
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "accelerate_configs"
+ACCELERATE_FSDP_ENGINES = {"fsdp1": "fsdp1.yaml", "fsdp2-plugin": "fsdp2.yaml"}  # accelerate's FSDP plugin, shipped configs
 
 
 def engine_arguments(engine: str) -> dict:
@@ -137,10 +144,10 @@ def engine_arguments(engine: str) -> dict:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(CONFIGS / f"{engine}.json")
         return {"use_cpu": False, "ddp_backend": "gloo"}
-    if engine == "fsdp1":
+    if engine in ACCELERATE_FSDP_ENGINES:
         import yaml
 
-        fsdp_config = yaml.safe_load((CONFIGS / "fsdp1.yaml").read_text())["fsdp_config"]
+        fsdp_config = yaml.safe_load((CONFIGS / ACCELERATE_FSDP_ENGINES[engine]).read_text())["fsdp_config"]
         fsdp_config["fsdp_sync_module_states"] = False  # broadcasting at wrap time needs an accelerator
         return {"use_cpu": True, "fsdp": "full_shard", "fsdp_config": fsdp_config}
     return {"use_cpu": True}
@@ -196,7 +203,7 @@ def run_worker(workdir: Path, engines: tuple[str, ...]):
     if rank == 0:
         logging.basicConfig(filename=workdir / "setup.log", format="%(message)s")
     logging.getLogger("dreamllm").setLevel(logging.INFO)
-    if "fsdp1" in engines:
+    if set(engines) & set(ACCELERATE_FSDP_ENGINES):
         lift_accelerate_cpu_gate()
     results = {}
     for engine in engines:
@@ -212,7 +219,7 @@ def run_worker(workdir: Path, engines: tuple[str, ...]):
             state_dict, _, trained_steps = train_once(workdir, engine, VARIANTS[RESUMED_VARIANT], resume_from=checkpoint)
             results[engine, "resumed"] = {key: value.float() for key, value in state_dict.items()}
             results[engine, "resumed steps"] = torch.tensor(trained_steps)
-    if "fsdp1" not in engines:
+    if not set(engines) & set(ACCELERATE_FSDP_ENGINES):
         results["fsdp1 refused on CPU"] = torch.tensor(fsdp1_is_refused(workdir))
     if rank == 0:
         torch.save(results, workdir / "results.pt")
