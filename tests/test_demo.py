@@ -6,15 +6,16 @@ import socket
 import threading
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 from dreamllm.demo.app import DemoApp, Settings, draw_green_square  # noqa: E402
 from dreamllm.pipelines import DreamLLMPipeline  # noqa: E402
+from dreamllm.toy_world import analyze_image  # noqa: E402
 
 README_PROMPT = "Show me a red circle and then a blue triangle."
+README_SHAPES = [("red", "circle"), ("blue", "triangle")]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -48,6 +49,21 @@ def answer_parts(message: dict) -> list:
     return [item["text"] if item["type"] == "text" else Path(item["file"]) for item in message["content"]]
 
 
+def shown_parts(content: list) -> list:
+    """An assistant message as `DemoApp.respond` shows it, as text segments and image paths."""
+    return [item if isinstance(item, str) else Path(item["path"]) for item in content]
+
+
+def assert_draws_the_readme_shapes(parts: list):
+    """The answer shows a red circle then a blue triangle (read back from the pixels), each right after a text that
+    names it."""
+    positions = [index for index, part in enumerate(parts) if not isinstance(part, str)]
+    pictures = [analyze_image(PIL.Image.open(parts[index])) for index in positions]
+    assert pictures == README_SHAPES, parts
+    for index, (colour, shape) in zip(positions, README_SHAPES):
+        assert index > 0 and f"{colour} {shape}" in parts[index - 1], parts
+
+
 def ask(app, message, conversation=(), **overrides):
     """The last update of `app.respond` (the finished answer), driven directly as Gradio drives it."""
     settings = {**Settings(steps=STEPS).__dict__, **overrides}
@@ -61,11 +77,8 @@ def test_client_api_writes_the_readme_document(url):
     assert box == {"text": "", "files": []}
     assert chat[0]["role"] == "user" and chat[0]["content"][0]["text"] == README_PROMPT
     parts = answer_parts(chat[1])
-    assert [isinstance(part, str) for part in parts] == [True, False, True, False]
-    assert parts[0] == "Look at a red circle." and parts[2] == "After that, a blue triangle."
-    red, blue = (np.asarray(PIL.Image.open(path).convert("RGB"), dtype=float) for path in (parts[1], parts[3]))
-    assert red.shape == (64, 64, 3)
-    assert red[..., 0].mean() > red[..., 2].mean() and blue[..., 2].mean() > blue[..., 0].mean()
+    assert_draws_the_readme_shapes(parts)
+    assert all(PIL.Image.open(part).size == (64, 64) for part in parts if not isinstance(part, str))
 
 
 def test_second_tab_waits_its_turn(url):
@@ -74,7 +87,8 @@ def test_second_tab_waits_its_turn(url):
     jobs = [client.submit({"text": README_PROMPT, "files": []}, [], api_name="/respond") for client in clients]
     first, second = (answer_parts(job.result(timeout=120)[0][1]) for job in jobs)
     assert [part for part in first if isinstance(part, str)] == [part for part in second if isinstance(part, str)]
-    assert len(first) == len(second) == 4
+    assert_draws_the_readme_shapes(first)
+    assert_draws_the_readme_shapes(second)
 
 
 def test_streamed_updates_show_previews_then_the_image(app):
@@ -85,7 +99,8 @@ def test_streamed_updates_show_previews_then_the_image(app):
     assert any(item == "*(drawing an image ...)*" for content in updates for item in content)
     assert len(updates) > 4
     final = updates[-1]
-    assert [type(item) for item in final] == [str, dict, str, dict] and "_step_" not in final[1]["path"]
+    assert_draws_the_readme_shapes(shown_parts(final))
+    assert not any("_step_" in str(item["path"]) for item in final if isinstance(item, dict))
 
 
 def test_history_reaches_the_model(app, tmp_path, monkeypatch):
@@ -102,6 +117,16 @@ def test_history_reaches_the_model(app, tmp_path, monkeypatch):
     assert prompt[0]["content"][0]["type"] == "image" and prompt[0]["content"][1]["text"] == "What colour is the shape?"
     assert prompt[1]["content"][0]["type"] == "text" and prompt[1]["content"][0]["text"]
     assert [turn["role"] for turn in conversation] == ["user", "assistant", "user", "assistant"]
+
+
+def test_a_picture_question_after_a_drawn_document_is_answered_about_the_new_picture(app, tmp_path):
+    _, conversation, _ = ask(app, {"text": README_PROMPT, "files": []})
+    picture = tmp_path / "square.png"
+    draw_green_square().save(picture)
+    chat, _, _ = ask(app, {"text": "What colour is the shape?", "files": [str(picture)]}, conversation)
+    answer = " ".join(part for part in chat[-1]["content"] if isinstance(part, str)).lower()
+    assert "green" in answer and "red" not in answer and "blue" not in answer
+    assert all(isinstance(part, str) for part in chat[-1]["content"])
 
 
 @pytest.mark.parametrize(
@@ -121,7 +146,7 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(app, tmp_path, message
     assert shown in chat[-1]["content"] and chat[-1]["content"].startswith("⚠️")
     assert conversation == []
     chat, _, _ = ask(app, {"text": README_PROMPT, "files": []})
-    assert chat[-1]["content"][0] == "Look at a red circle."
+    assert_draws_the_readme_shapes(shown_parts(chat[-1]["content"]))
 
 
 @pytest.mark.parametrize(
@@ -198,9 +223,8 @@ def test_browser_document_picture_question_and_stop(url, tmp_path):
             page.goto(url)
             send(page, README_PROMPT)
             wait_for_answer(page, 2)
-            chat_text = page.locator("#chat").inner_text()
-            assert chat_text.index(README_PROMPT) < chat_text.index("Look at a red circle.") < chat_text.index(
-                "After that, a blue triangle.")
+            answer_text = page.locator("#chat").inner_text().split(README_PROMPT, 1)[1]
+            assert 0 <= answer_text.find("red circle") < answer_text.find("blue triangle")
             screenshot = Path(os.environ.get("DREAMLLM_DEMO_SCREENSHOT", tmp_path / "document.png"))
             page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 10_000
@@ -209,7 +233,8 @@ def test_browser_document_picture_question_and_stop(url, tmp_path):
             draw_green_square().save(picture)
             send(page, "What colour is the shape?", picture)
             wait_for_answer(page, 2)
-            assert "green" in page.locator("#chat").inner_text().rsplit("What colour is the shape?", 1)[1].lower()
+            reply = page.locator("#chat").inner_text().rsplit("What colour is the shape?", 1)[1].lower()
+            assert "green" in reply and "red" not in reply and "blue" not in reply
 
             page.get_by_role("button", name="Settings ▼").click()
             steps = page.locator("#steps input[type=number]")
@@ -225,7 +250,7 @@ def test_browser_document_picture_question_and_stop(url, tmp_path):
             stopped = page.locator("#chat").inner_text()
             page.wait_for_timeout(1500)
             assert page.locator("#chat").inner_text() == stopped  # nothing more is written after Stop
-            assert stopped.count("After that, a blue triangle.") == 1  # the stopped answer did not get that far
+            assert "blue triangle" not in stopped.rsplit(README_PROMPT, 1)[1]  # the stopped answer did not get that far
             assert stopped.endswith("(stopped)")
             assert not page.locator(".toast-body.error, .toast-wrap .error").count()
             assert "Error" not in page.locator("body").inner_text()

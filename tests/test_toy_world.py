@@ -195,7 +195,8 @@ def test_writer_format(tmp_path, kind):
             assert texts and images
         else:
             assert set(record) == {"messages"}
-            assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
+            exchanges = tw.world.CONVERSATION_TURNS if kind == "conversation" else 1
+            assert [m["role"] for m in record["messages"]] == ["user", "assistant"] * exchanges
             parts = [part for m in record["messages"] for part in m["content"]]
             assert {part["type"] for part in parts} <= {"text", "image"}
             images = [part["image"] for part in parts if part["type"] == "image"]
@@ -233,6 +234,27 @@ def test_qa_answers_are_correct(tmp_path):
         colour, shape = tw.analyze_image(Image.open(tmp_path / image))
         answer = record["messages"][1]["content"][0]["text"].lower()
         assert colour in answer or shape in answer
+
+
+def test_conversations_answer_each_turn_about_its_own_pictures(tmp_path):
+    """A question after an earlier picture or drawn document is answered about the picture it comes with."""
+    path = tw.write_dataset(tmp_path, "conversation", 40, seed=5)
+    later_questions = 0
+    for record in _read_jsonl(path):
+        messages = record["messages"]
+        for position in range(0, len(messages), 2):
+            user, assistant = messages[position]["content"], messages[position + 1]["content"]
+            shown = [tw.analyze_image(Image.open(tmp_path / p["image"])) for p in user if p["type"] == "image"]
+            drawn = [tw.analyze_image(Image.open(tmp_path / p["image"])) for p in assistant if p["type"] == "image"]
+            if shown:
+                (colour, shape), = shown
+                answer = assistant[0]["text"].lower()
+                assert not drawn and (colour in answer or shape in answer)
+                assert not set(_mentioned(answer)) - {(colour, shape)}
+                later_questions += position > 0
+            else:
+                assert drawn == _mentioned(user[0]["text"])
+    assert later_questions > 10
 
 
 def test_writer_is_deterministic(tmp_path):

@@ -43,7 +43,7 @@ STEPS = ("vae", "vision", "unet", "assemble", "data", "dreamllm", "sft", "export
 DATA_MIX = {
     "document": 6000, "creation": 3000, "caption": 3000, "qa": 3000, "instruction_creation": 4000, "impossible_request": 600,
 }
-SFT_MIX = {"qa": 3000, "instruction_creation": 6000, "impossible_request": 600}
+SFT_MIX = {"qa": 3000, "instruction_creation": 6000, "impossible_request": 600, "conversation": 3000, "creation": 1500}
 PRETRAINED_COMPONENTS = ("vae", "vision", "unet")
 DREAMLLM_STEPS = {  # step: (the folder it starts from, its training data, DreamLLM stage, share of --learning-rate)
     "dreamllm": ("assemble", "data/pretraining/train.jsonl", 2, 1.0),

@@ -273,12 +273,17 @@ def answer_document(
 
 # ---------------------------------------------------------------------------------------------- writer
 
-SAMPLE_KINDS: tuple[str, ...] = ("caption", "creation", "document", "qa", "instruction_creation", "impossible_request")
+SAMPLE_KINDS: tuple[str, ...] = (
+    "caption", "creation", "document", "qa", "instruction_creation", "impossible_request", "conversation",
+)
 """``caption``: image then caption; ``creation``: caption then image; ``document``: interleaved document
 with one to three images; ``qa``: a chat about one image; ``instruction_creation``: a chat whose user asks
 for shapes and whose assistant answers with text and images; ``impossible_request``: a chat whose user asks for
-something the world cannot draw and whose assistant answers `grammar.REFUSAL`, without an image. Chats use the
+something the world cannot draw and whose assistant answers `grammar.REFUSAL`, without an image;
+``conversation``: a chat of :data:`CONVERSATION_TURNS` exchanges, each a `qa` or an `instruction_creation` one, so a
+question about a new picture is answered about that picture whatever was drawn or shown before. Chats use the
 training phrasings of `grammar` only."""
+CONVERSATION_TURNS = 2
 
 
 class _ImageWriter:
@@ -312,6 +317,25 @@ def _content(doc: list[str | Scene], write) -> list[dict]:
     ]
 
 
+def _question_exchange(rng: np.random.Generator, write) -> list[dict]:
+    """A user turn with a new picture and a question about it, and the assistant's answer."""
+    scene = sample_scene(rng)
+    question, answer = question_answer(scene, rng)
+    return [
+        {"role": "user", "content": _content([scene, question], write)},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+
+
+def _request_exchange(rng: np.random.Generator, write) -> list[dict]:
+    """A user turn asking for shapes, and the assistant's document that draws them."""
+    prompt, doc = answer_document(rng, sample_objects(rng))
+    return [
+        {"role": "user", "content": [{"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": _content(doc, write)},
+    ]
+
+
 def make_sample(kind: str, seed: int, index: int, write) -> dict:
     """Sample ``index`` of ``kind`` for ``seed`` as a JSON-able record; ``write(scene) -> path`` stores images."""
     rng = sample_rng(seed, index)
@@ -327,22 +351,12 @@ def make_sample(kind: str, seed: int, index: int, write) -> dict:
         scenes = [sample_scene(rng, c, s, size) for (c, s), size in zip(objects, sizes)]
         return {"segments": _segments(interleaved_document(rng, scenes, sizes), write)}
     if kind == "qa":
-        scene = sample_scene(rng)
-        question, answer = question_answer(scene, rng)
-        return {
-            "messages": [
-                {"role": "user", "content": _content([scene, question], write)},
-                {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-            ]
-        }
+        return {"messages": _question_exchange(rng, write)}
     if kind == "instruction_creation":
-        prompt, doc = answer_document(rng, sample_objects(rng))
-        return {
-            "messages": [
-                {"role": "user", "content": [{"type": "text", "text": prompt}]},
-                {"role": "assistant", "content": _content(doc, write)},
-            ]
-        }
+        return {"messages": _request_exchange(rng, write)}
+    if kind == "conversation":
+        exchanges = [_question_exchange if rng.random() < 0.5 else _request_exchange for _ in range(CONVERSATION_TURNS)]
+        return {"messages": [message for exchange in exchanges for message in exchange(rng, write)]}
     if kind == "impossible_request":
         return {
             "messages": [
