@@ -121,10 +121,10 @@ class TextToImageTask:
                 "FID on Inception-v3 needs torch-fidelity: pip install torch-fidelity (its weights download on first "
                 "use), or pass --fid-features vision-tower or a CLIP model folder"
             )
+        self._pipe, self.output, self.fid_image_size = pipe, output, preset.fid_image_size
         self._fid_feature = self.fid_feature()  # load the scorers now: a bad name fails before any drawing
         if self.uses_clip:
             self.clip_scorer()
-        self._pipe, self.output, self.fid_image_size = pipe, output, preset.fid_image_size
 
     @property
     def uses_clip(self) -> bool:

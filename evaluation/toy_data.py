@@ -12,10 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # the toy world's own package (dreamllm.toy_world), or its first home before that move lands
-    from dreamllm import toy_world
-except ImportError:
-    from dreamllm import toy_world
+from dreamllm import toy_world
 
 HELD_OUT_SEED = 20_000
 

@@ -95,3 +95,16 @@ def test_best_of_n_needs_a_clip_model(tmp_path):
     with pytest.raises(ValueError, match="needs a CLIP model"):
         evaluate("text-to-image", None, str(data), tmp_path / "run", task_options={"clip_model": "none"},
                  num_images_per_caption=2)
+
+
+def test_readme_command_scores_fid_on_the_evaluated_models_own_vision_tower(tmp_path, capsys):
+    from dreamllm.cli import main
+
+    data = write_toy_evaluation_data(tmp_path / "data", num_samples=3)["text-to-image"]
+    status = main(["evaluate", "text-to-image", "--data", str(data), "--output", str(tmp_path / "run"),
+                   "--num-inference-steps", "3", "--num-images-per-caption", "1", "--clip-model", "none",
+                   "--fid-features", "vision-tower", "--fid-image-size", "64"])
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert status in (0, None) and report["num_failed"] == 0
+    assert report["scores"]["fid_num_images"] == 3 and report["scores"]["fid"] >= 0
+    assert "clip_score" not in report["scores"]
