@@ -20,7 +20,7 @@ from dreamllm.pipelines import DreamLLMPipeline
 from dreamllm.processing import DreamLLMProcessor
 from dreamllm.processing.tokenization_dreamllm import add_dreamllm_special_tokens
 
-from .convert import DTYPE_CHOICES
+from .convert import DTYPE_CHOICES, dtype_name
 from .hub import card_license, push_folder_to_hub
 from .original import TOKEN_ID_FIELDS
 from .upstream import load_diffusion_parts, load_vision_parts
@@ -90,7 +90,8 @@ def build_from_components(
     pipeline.save_pretrained(output_dir, max_shard_size=max_shard_size)
     if push_to_hub:
         push_folder_to_hub(output_dir, push_to_hub, commit_message="Upload an untrained DreamLLM built from components",
-                           license=card_license(license, llm_dir))
+                           license=card_license(license, llm_dir), components={
+                               "num_dream_queries": num_dream_queries, "seed": seed, "dtype": dtype_name(model.dtype)})
     return Path(output_dir)
 
 

@@ -24,15 +24,18 @@ def push_folder_to_hub(
     token: str | None = None,
     license: str | None = None,
     conversion: dict | None = None,
+    components: dict | None = None,
 ) -> str:
     """
     Uploads every file of `folder` (a converted DreamLLM) to the model repo `repo_id` in one commit, creating the repo
     if needed, with a model card (`README.md`, see `pipeline_model_card`) declaring `license` and, for a converted
-    original checkpoint, its `conversion` (dtype cast, parity and speed figures). Files are streamed from disk as
+    original checkpoint, its `conversion` (dtype cast, parity and speed figures); for a model built from parts, its
+    `components` (the new parts' settings, and that it is untrained). Files are streamed from disk as
     written, so nothing is loaded into memory. Prints and returns the URL of the repo.
     """
     commit = upload_folder_with_card(
-        folder, repo_id, lambda repo: pipeline_model_card(repo, license=license, conversion=conversion),
+        folder, repo_id,
+        lambda repo: pipeline_model_card(repo, license=license, conversion=conversion, components=components),
         what=Path(folder).name, commit_message=commit_message, private=private, token=token,
     )  # fmt: skip
     return str(commit.repo_url)

@@ -1,8 +1,8 @@
 """Model cards of DreamLLM folders (converted, trained, built from parts) and their upload to the Hub with the card.
 
 A card's metadata holds, besides the Hub's keys, what produced the weights under a `dreamllm:` key: `conversion` (the
-dtype cast) for converted checkpoints, `training` (the run's settings) for trained ones; the card's text says the same
-in words, and a converted checkpoint's card quotes the parity and speed figures of `dreamllm.pipelines.figures`.
+dtype cast) for converted checkpoints, `training` (the run's settings) for trained ones, `components` (the new parts'
+settings) for an untrained model built from parts; the card's text says the same in words, and a converted checkpoint's card quotes the parity and speed figures of `dreamllm.pipelines.figures`.
 """
 
 import fnmatch
@@ -83,6 +83,7 @@ def pipeline_model_card(
     base_model: str | None = None,
     conversion: dict | None = None,
     training: dict | None = None,
+    components: dict | None = None,
 ) -> ModelCard:
     """
     The model card of a DreamLLMPipeline folder: metadata (library, the pipeline tag of the task that loads, tags,
@@ -92,9 +93,13 @@ def pipeline_model_card(
         conversion (`dict`, *optional*): For a converted original checkpoint, `{"source_dtype": ..., "dtype": ...}`:
             the card states the cast and quotes the parity and speed figures (see `conversion_section`).
         training (`dict`, *optional*): For a trained model, the run's settings (see `training_section`).
+        components (`dict`, *optional*): For an untrained model built from parts, the settings of its new parts (see
+            `components_section`): the card says it must be trained before use.
     """
-    metadata = card_metadata("diffusers", TAGS, license, base_model, conversion=conversion, training=training)
-    text = USAGE.format(repo_id=repo_id) + conversion_section(conversion) + training_section(training)
+    metadata = card_metadata("diffusers", TAGS, license, base_model, conversion=conversion, training=training,
+                             components=components)
+    text = (USAGE.format(repo_id=repo_id) + conversion_section(conversion) + training_section(training)
+            + components_section(components))
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{text}")
 
 
@@ -143,6 +148,25 @@ def training_section(training: dict | None) -> str:
 Trained with `dreamllm train` (also under `dreamllm.training` in this card's metadata):
 
 | setting | value |
+|---|---|
+{rows}
+"""
+
+
+def components_section(components: dict | None) -> str:
+    """The card text of an untrained model built from parts: what is new in it, and that it must be trained first."""
+    if not components:
+        return ""
+    rows = "\n".join(table_row(name.replace("_", " "), format_setting(value)) for name, value in components.items())
+    return f"""
+## Untrained
+
+Built with `dreamllm convert --from-components` from a Llama/Vicuna language model, a CLIP vision tower and a Stable
+Diffusion 2.x. The vision projector, the dream queries, the dream projector and the embeddings of the DreamLLM tokens
+are freshly initialised: until it is trained (`dreamllm train`), this model neither understands images nor draws
+them, and its documents are those of the language model it was built from.
+
+| new part | setting |
 |---|---|
 {rows}
 """

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from local_hub import LocalHub
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -100,15 +101,18 @@ def test_an_existing_output_is_kept_without_force(built, official_tiny, llm_dir,
     assert "already exists" in capsys.readouterr().err
 
 
-def test_the_llm_folders_license_goes_on_the_uploaded_card(official_tiny, llm_dir, tmp_path, monkeypatch):
+def test_the_uploaded_card_says_untrained_and_carries_the_llm_folders_license(official_tiny, llm_dir, tmp_path,
+                                                                             monkeypatch):
     licensed_llm = tmp_path / "vicuna"
     shutil.copytree(llm_dir, licensed_llm)
     (licensed_llm / "README.md").write_text("---\nlicense: llama2\n---\n# Vicuna tiny\n")
-    uploads = []
-    monkeypatch.setattr("dreamllm.conversion.components.push_folder_to_hub",
-                        lambda folder, repo_id, **kwargs: uploads.append((repo_id, kwargs["license"])))
+    LocalHub.install(monkeypatch)
     arguments = [*component_arguments(official_tiny, licensed_llm, tmp_path / "built"), "--num-dream-queries", "8"]
     assert cli_main([*arguments, "--push-to-hub", "me/dreamllm-untrained"]) == 0
-    assert uploads == [("me/dreamllm-untrained", "llama2")]
+    metadata = LocalHub.card_metadata()
+    assert metadata["license"] == "llama2"
+    assert metadata["dreamllm"]["components"] == {"num_dream_queries": 8, "seed": 0, "dtype": "float32"}
+    assert "## Untrained" in LocalHub.card() and "neither understands images nor draws" in LocalHub.card()
+    assert "## Conversion" not in LocalHub.card() and str(tmp_path) not in LocalHub.card()
     assert cli_main([*arguments, "--push-to-hub", "me/dreamllm-untrained", "--force", "--license", "mit"]) == 0
-    assert uploads[-1] == ("me/dreamllm-untrained", "mit")  # --license overrides the --llm folder's
+    assert LocalHub.card_metadata()["license"] == "mit"  # --license overrides the --llm folder's
