@@ -6,6 +6,8 @@ judged by the toy world's pixel analyzer (the measures are in `dreamllm.toy_worl
 
 - caption_to_image: `text_to_image` on two training captions of every (colour, shape) pair; the picture must show
   that colour and shape.
+- sized_caption_to_image: the same captions naming each size ("A picture of a small red circle.", "... large ...",
+  one seed for both); the picture must also have a side in that size's range (`world.SIZE_RANGES`).
 - creation: chat requests for one shape (some sized); the answer must hold exactly one picture, of the asked colour
   and shape.
 - documents: chat requests for k = 2 and 3 shapes (free will: the model decides where each picture goes); the answer
@@ -13,7 +15,7 @@ judged by the toy world's pixel analyzer (the measures are in `dreamllm.toy_worl
 - comprehension: colour, shape and describe questions about pictures; the answer must name the right ones only.
 - refusals: requests for what the world cannot draw ("Draw a cat."); the answer must be text without a picture.
 
-Each measure (but caption_to_image) runs once in the training phrasings and once in the held-out ones.
+Each measure (but the two caption ones) runs once in the training phrasings and once in the held-out ones.
 Everything is seeded, so the figures are the same on every run on the same machine. The held-out pictures and prompts
 use seeds that the training data of `python -m dreamllm.toy_world.build_toy_model` does not use.
 """
@@ -33,14 +35,17 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 from dreamllm import DreamLLMPipeline
 from dreamllm.toy_world import evaluation, grammar
+from dreamllm.toy_world import world as toy_world
 
 SCHEDULERS = {"ddpm": (DDPMScheduler, {}), "dpm-solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"})}
-MEASURES = ("caption_to_image", "creation", "documents", "comprehension", "refusals")
+MEASURES = ("caption_to_image", "sized_caption_to_image", "creation", "documents", "comprehension", "refusals")
 
 
 def measure(name: str, split: str, pipe: DreamLLMPipeline, args) -> evaluation.Score:
     if name == "caption_to_image":
         return evaluation.caption_to_image(pipe, args.steps, args.guidance)
+    if name == "sized_caption_to_image":
+        return evaluation.caption_to_image(pipe, args.steps, args.guidance, sizes=tuple(toy_world.SIZE_RANGES))
     if name == "creation":
         return evaluation.documents(pipe, split, (1,), args.num_creations, args.steps, args.guidance)
     if name == "documents":
@@ -92,7 +97,7 @@ def main():
     results = {"steps": args.steps, "guidance": args.guidance, "scheduler": type(pipe.scheduler).__name__}
     for split in args.splits:
         for name in args.only or MEASURES:
-            if name == "caption_to_image" and split != "train":
+            if name.endswith("caption_to_image") and split != "train":
                 continue  # captions are training texts only
             start = time.perf_counter()
             score = measure(name, split, pipe, args)

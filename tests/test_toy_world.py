@@ -3,6 +3,7 @@
 import itertools
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -283,3 +284,32 @@ def test_the_drawn_size_is_measured_back(shape):
     assert tw.size_matches(small, shape, "small") and not tw.size_matches(small, shape, "large")
     assert tw.size_matches(large, shape, "large") and not tw.size_matches(large, shape, "small")
     assert tw.size_matches(small, shape, None)
+
+
+class CaptionPainter:
+    """A stand-in for a pipeline's `text_to_image`: paints each caption's colour and shape, at `side(size word)`."""
+
+    def __init__(self, side):
+        self.side = side
+
+    def text_to_image(self, prompts, **options):
+        images = []
+        for prompt in prompts:
+            words = set(re.findall(r"[a-z]+", prompt.lower()))
+            colour, shape = (next(name for name in names if name in words) for names in (tw.COLOUR_NAMES, tw.SHAPES))
+            size = next((name for name in tw.SIZE_RANGES if name in words), None)
+            images.append(tw.render_shape(colour, shape, size=self.side(size), center=(32, 32)))
+        return SimpleNamespace(images=images)
+
+
+def test_sized_captions_count_only_pictures_drawn_at_the_named_size():
+    from dreamllm.toy_world import evaluation
+
+    sizes = tuple(tw.SIZE_RANGES)
+    obeying = evaluation.caption_to_image(CaptionPainter({"small": 22, "large": 40}.get), 1, 1.0, sizes=sizes)
+    assert (obeying.correct, obeying.total) == (72, 72)
+    ignoring = evaluation.caption_to_image(CaptionPainter(lambda size: 40), 1, 1.0, sizes=sizes)
+    assert (ignoring.correct, ignoring.total) == (36, 72)
+    assert all(" small " in prompt and side == 40 for prompt, _, side in ignoring.failures)
+    unsized = evaluation.caption_to_image(CaptionPainter(lambda size: 30), 1, 1.0)
+    assert (unsized.correct, unsized.total) == (36, 36)

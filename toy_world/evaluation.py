@@ -44,18 +44,23 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
 
 
-def caption_to_image(pipe, steps: int, guidance: float) -> Score:
-    """`text_to_image` of two training captions ("A picture of a red circle.", "This is ...") per (colour, shape)."""
+def caption_to_image(pipe, steps: int, guidance: float, sizes: tuple[str | None, ...] = (None,)) -> Score:
+    """`text_to_image` of two training captions ("A picture of a red circle.", "This is ...") per (colour, shape) and
+    size in `sizes` (None: no size word; a key of `world.SIZE_RANGES`: "a small red circle"): right when the picture
+    shows that colour and shape, at a side in that size's range. Each caption's sizes share one seed, so a size word
+    the model ignores gives the same picture for every size."""
     pairs = [(colour, shape) for colour in toy_world.COLOUR_NAMES for shape in toy_world.SHAPES]
     templates = ("A picture of {a}.", "This is {a}.")
-    prompts = [template.format(a=toy_world.short_description(*pair)) for template in templates for pair in pairs]
-    expected = [pair for _ in templates for pair in pairs]
-    generators = [torch.Generator().manual_seed(EVALUATION_SEED + i) for i in range(len(prompts))]
+    cases = [(seed, template, size, pair) for seed, (template, pair) in enumerate(
+        (template, pair) for template in templates for pair in pairs) for size in sizes]
+    prompts = [template.format(a=grammar.object_phrase(*pair, size, None, "train")) for _, template, size, pair in cases]
+    generators = [torch.Generator().manual_seed(EVALUATION_SEED + seed) for seed, *_ in cases]
     images = pipe.text_to_image(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).images
     score = Score()
-    for prompt, image, pair in zip(prompts, images, expected):
+    for prompt, image, (_, _, size, pair) in zip(prompts, images, cases):
         judged = toy_world.analyze_image(image)
-        score.add(judged == pair, (prompt, judged))
+        score.add(judged == pair and toy_world.size_matches(image, pair[1], size),
+                  (prompt, judged, toy_world.measure_size(image, pair[1])))
     return score
 
 
