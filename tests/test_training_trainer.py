@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from folders import folder_files
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from transformers import TrainerCallback
 
 from dreamllm import DreamLLMPipeline
@@ -233,16 +234,47 @@ def test_saving_keeps_the_checkpoints_and_a_failed_save_keeps_the_previous_model
 
 def test_diffusion_objective_follows_the_scheduler_prediction_type():
     pipeline = tiny_pipeline()
-    objective = DiffusionObjective(pipeline.unet, pipeline.vae, pipeline.scheduler)
     latents, noise, timesteps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
-    assert objective.target(latents, noise, timesteps) is noise
-    pipeline.scheduler.register_to_config(prediction_type="v_prediction")
+
+    def objective_predicting(prediction_type: str) -> DiffusionObjective:
+        scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, prediction_type=prediction_type)
+        return DiffusionObjective(pipeline.unet, pipeline.vae, scheduler)
+
+    assert objective_predicting("epsilon").target(latents, noise, timesteps) is noise
     torch.testing.assert_close(
-        objective.target(latents, noise, timesteps), pipeline.scheduler.get_velocity(latents, noise, timesteps)
+        objective_predicting("v_prediction").target(latents, noise, timesteps),
+        DDPMScheduler.from_config(pipeline.scheduler.config).get_velocity(latents, noise, timesteps),
     )
-    pipeline.scheduler.register_to_config(prediction_type="sample")
     with pytest.raises(ValueError, match="epsilon and v_prediction"):
-        objective.target(latents, noise, timesteps)
+        objective_predicting("sample").target(latents, noise, timesteps)
     conditions = torch.zeros(1, 4, pipeline.unet.config.cross_attention_dim)
     with pytest.raises(ValueError, match="target image"):
-        objective(conditions, torch.zeros(2, 3, 32, 32))
+        objective_predicting("epsilon")(conditions, torch.zeros(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("sampler", [DPMSolverMultistepScheduler, EulerDiscreteScheduler])
+@torch.no_grad()
+def test_the_diffusion_loss_follows_the_training_noise_schedule_whatever_the_pipeline_samples_with(sampler):
+    """A pipeline saved with a sampling scheduler (the toy model ships DPM-Solver++) trains as with DDPM."""
+    pipeline = tiny_pipeline()
+    resolution = diffusion_resolution(pipeline.unet, pipeline.vae)
+    conditions = torch.randn(3, pipeline.model.config.num_dream_queries, pipeline.unet.config.cross_attention_dim)
+    pixels = torch.rand(3, 3, resolution, resolution, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def losses(scheduler):
+        objective = DiffusionObjective(pipeline.unet, pipeline.vae, scheduler)
+        return objective(conditions, pixels, generator=torch.Generator().manual_seed(0))
+
+    torch.testing.assert_close(losses(sampler.from_config(pipeline.scheduler.config)), losses(pipeline.scheduler))
+
+
+def test_a_pipeline_trained_from_one_sampling_with_dpm_solver_is_saved_with_it(tmp_path, dataset):
+    pipeline = tiny_pipeline(0)
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, algorithm_type="dpmsolver++")
+    args = dreamllm_training_arguments(tmp_path, stage=2, max_steps=1, per_device_train_batch_size=2,
+                                       save_strategy="no", disable_tqdm=True)
+    trainer = build_trainer(pipeline, dataset, args, stage=2)
+    trainer.train()
+    trainer.save_pretrained(tmp_path / "final")
+    saved = DreamLLMPipeline.from_pretrained(tmp_path / "final").scheduler
+    assert isinstance(saved, DPMSolverMultistepScheduler) and saved.config.algorithm_type == "dpmsolver++"

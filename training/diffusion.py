@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -30,20 +30,27 @@ class DiffusionDraws:
 class DiffusionObjective:
     """
     DreamLLM's image-creation loss: encode each target image with the VAE (a posterior sample, times the scaling
-    factor), noise it at a random timestep with the scheduler, and score the UNet's prediction, conditioned on the
+    factor), noise it at a random training timestep, and score the UNet's prediction, conditioned on the
     image's dream conditions, against the noise (or the velocity for v-prediction schedulers) by mean squared error.
     The UNet and VAE stay frozen; gradients reach the conditions through the UNet.
+
+    The noise is added by `training_scheduler`, a [`DDPMScheduler`] built from the given scheduler's config (its betas,
+    training timesteps and prediction type), as diffusers' training scripts do: a sampling scheduler saved with a
+    pipeline (DPM-Solver++, Euler) has its own `add_noise`, which before `set_timesteps` does not follow the training
+    noise schedule. `scheduler` stays the given one, the scheduler a trained pipeline is saved with.
 
     Args:
         unet ([`UNet2DConditionModel`]): The denoiser; its `cross_attention_dim` is the conditions' width.
         vae ([`AutoencoderKL`]): Encodes the target images.
-        scheduler ([`SchedulerMixin`]): Gives `add_noise`, the training timesteps and the prediction type.
+        scheduler ([`SchedulerMixin`]): The pipeline's scheduler; its config gives the noise schedule, the number of
+            training timesteps and the prediction type.
     """
 
     def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler: SchedulerMixin):
         self.unet = unet.requires_grad_(False).eval()
         self.vae = vae.requires_grad_(False).eval()
         self.scheduler = scheduler
+        self.training_scheduler = DDPMScheduler.from_config(scheduler.config)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DiffusionObjective":
         """Moves the UNet and VAE (in place) to `device`, and casts them to `dtype` when it differs; returns `self`."""
@@ -68,18 +75,18 @@ class DiffusionObjective:
     def draw(self, latents: torch.Tensor, generator: torch.Generator | None = None):
         """Diffusion noise and timesteps for `latents`, from `generator` (or the global generator)."""
         noise = randn_tensor(latents.shape, generator, latents.device, latents.dtype)
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        num_train_timesteps = self.training_scheduler.config.num_train_timesteps
         generator_device = generator.device if generator is not None else "cpu"
         timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=generator, device=generator_device)
         return noise, timesteps.to(latents.device)
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.LongTensor) -> torch.Tensor:
         """What the UNet should predict, by the scheduler's `prediction_type`."""
-        prediction_type = self.scheduler.config.prediction_type
+        prediction_type = self.training_scheduler.config.prediction_type
         if prediction_type == "epsilon":
             return noise
         if prediction_type == "v_prediction":
-            return self.scheduler.get_velocity(latents, noise, timesteps)
+            return self.training_scheduler.get_velocity(latents, noise, timesteps)
         raise ValueError(f"Training supports epsilon and v_prediction schedulers, not prediction_type={prediction_type!r}")
 
     def __call__(
@@ -112,7 +119,7 @@ class DiffusionObjective:
             noise, timesteps = self.draw(latents, generator)
         else:
             noise, timesteps = draws.noise.to(latents), draws.timesteps.to(latents.device)
-        noisy_latents = self.scheduler.add_noise(latents, noise, timesteps)
+        noisy_latents = self.training_scheduler.add_noise(latents, noise, timesteps)
         prediction = self.unet(
             noisy_latents.to(self.unet.dtype),
             timesteps,
