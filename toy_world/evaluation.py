@@ -7,6 +7,7 @@ training data of `python -m dreamllm.toy_world.build_toy_model` (seeds below 100
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -51,8 +52,8 @@ def caption_to_image(pipe, steps: int, guidance: float, sizes: tuple[str | None,
     the model ignores gives the same picture for every size."""
     pairs = [(colour, shape) for colour in toy_world.COLOUR_NAMES for shape in toy_world.SHAPES]
     templates = ("A picture of {a}.", "This is {a}.")
-    cases = [(seed, template, size, pair) for seed, (template, pair) in enumerate(
-        (template, pair) for template in templates for pair in pairs) for size in sizes]
+    captions = list(itertools.product(templates, pairs))
+    cases = [(seed, template, size, pair) for seed, (template, pair) in enumerate(captions) for size in sizes]
     prompts = [template.format(a=grammar.object_phrase(*pair, size, None, "train")) for _, template, size, pair in cases]
     generators = [torch.Generator().manual_seed(EVALUATION_SEED + seed) for seed, *_ in cases]
     images = pipe.text_to_image(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).images
